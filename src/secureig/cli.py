@@ -1,0 +1,515 @@
+"""The `secureig` command: serve, keys, models, check.
+
+Results go to standard output (a new key alone, so `KEY=$(secureig keys create alice)` works);
+what the command did and why goes to standard error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from secureig import __version__
+from secureig.config import ConfigFileError, Settings, load_settings
+from secureig.credentials import Scope, parse_scopes
+from secureig.names import InvalidModelName
+from secureig.store import (
+    DatabaseURLError,
+    KeyRecord,
+    KeyStore,
+    KeyStoreError,
+    create_engine,
+    describe,
+    migrate,
+)
+from secureig.upstream import OllamaClient, Timeouts, UpstreamError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="secureig, the Secure Inference Gateway: keys, scopes and limits in front of Ollama.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Plain help text: it reads the same in any terminal, log or pipe.
+    rich_markup_mode=None,
+)
+keys_app = typer.Typer(
+    help="Create, list, revoke and rotate API keys.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(keys_app, name="keys")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file [env: SECUREIG_CONFIG].",
+        show_default=False,
+    ),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        metavar="URL",
+        help="Key store URL, sqlite:///PATH or postgresql://... [env: SECUREIG_DATABASE_URL].",
+        show_default=False,
+    ),
+]
+OllamaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ollama-url",
+        metavar="URL",
+        help="Ollama base URL [env: SECUREIG_OLLAMA_URL; default http://127.0.0.1:11434].",
+        show_default=False,
+    ),
+]
+
+
+def say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    say(f"Error: {message}")
+    return typer.Exit(code)
+
+
+def settings_from(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigFileError as exc:
+        raise fail(str(exc), 2) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise fail(f"invalid settings: {problems}", 2) from None
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coroutine
+
+    return asyncio.run(wrapper())
+
+
+async def _with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+        return await action(KeyStore(engine))
+    finally:
+        await engine.dispose()
+
+
+def with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    try:
+        return run(_with_store(settings, action))
+    except (KeyStoreError, InvalidModelName, DatabaseURLError) as exc:
+        message = str(exc)
+        if isinstance(exc, InvalidModelName):
+            message = f"invalid model pattern {message!r}"
+        raise fail(message) from None
+    except OSError as exc:
+        raise fail(
+            f"cannot reach the key store ({describe(settings.database_url)}): {exc}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_quiet_aborted_streams)
+    # Alembic narrates every connection; the store logs the one line that matters, a migration.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _quiet_aborted_streams(record: logging.LogRecord) -> bool:
+    # A stream cut off on purpose (the upstream failed mid-answer) is logged by the access log;
+    # the server's traceback for it would only be noise.
+    from secureig.surfaces._asgi import StreamAborted
+
+    return not (record.exc_info and isinstance(record.exc_info[1], StreamAborted))
+
+
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST",
+            help="Address to listen on [env: SECUREIG_HOST; default 127.0.0.1].",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT", help="Port [env: SECUREIG_PORT; default 8085].", show_default=False
+        ),
+    ] = None,
+    ollama_url: OllamaOption = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    allow_bootstrap_key: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-bootstrap-key/--no-allow-bootstrap-key",
+            help="Accept the bootstrap key 'admin' on a non-loopback address"
+            " [env: SECUREIG_ALLOW_BOOTSTRAP_KEY].",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LEVEL",
+            help="debug, info, warning or error [env: SECUREIG_LOG_LEVEL].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start the gateway."""
+    import uvicorn
+
+    from secureig.app import create_app, refusal_reason
+
+    settings = settings_from(
+        host=host,
+        port=port,
+        ollama_url=ollama_url,
+        config=config,
+        database_url=database_url,
+        allow_bootstrap_key=allow_bootstrap_key,
+        log_level=log_level,
+    )
+    _configure_logging(settings.log_level)
+
+    async def live_keys(store: KeyStore) -> int:
+        return await store.count_live()
+
+    reason = refusal_reason(settings, with_store(settings, live_keys))
+    if reason:
+        raise fail(reason, 2)
+
+    application = create_app(settings)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Readiness turns 503 as soon as shutdown begins; in-flight requests finish.
+            application.gateway.draining = True
+            super().handle_exit(sig, frame)
+
+    server = _Server(
+        uvicorn.Config(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
+        )
+    )
+    say(
+        f"secureig {__version__}: listening on http://{settings.host}:{settings.port}"
+        f" in front of {settings.ollama_url}"
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)
+
+
+app.command()(serve)
+
+
+# ---------------------------------------------------------------------------------------------
+# keys
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise typer.BadParameter("use a positive number with s, m, h or d: 90s, 45m, 12h, 30d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _describe_key(record: KeyRecord) -> str:
+    scopes = ",".join(sorted(s.value for s in record.scopes))
+    expires = _when(record.expires_at) if record.expires_at else "never"
+    return f"scopes: {scopes}; models: {', '.join(record.models)}; expires: {expires}"
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="A name for the key: who or what uses it.")
+    ],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            metavar="SCOPE",
+            help="inference, manage or admin; repeat for several [default: inference].",
+        ),
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            metavar="PATTERN",
+            help="Model name or glob the key may use (llama2, llama*);"
+            " repeat for several [default: every model].",
+        ),
+    ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in",
+            metavar="DURATION",
+            help="Lifetime: 90s, 45m, 12h, 30d [default: never].",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create a key; it is printed once, alone on standard output."""
+    settings = settings_from(config=config, database_url=database_url)
+    try:
+        scopes = parse_scopes(scope or [Scope.INFERENCE.value])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from None
+    expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+
+    async def create(store: KeyStore) -> tuple[KeyRecord, str]:
+        return await store.create(name, scopes, models or [], expires_at)
+
+    record, secret = with_store(settings, create)
+    say(
+        f"Created key {record.name!r} ({_describe_key(record)}) in"
+        f" {describe(settings.database_url)}."
+    )
+    say("The key is shown only now; store it safely.")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """List keys (never their secrets)."""
+    settings = settings_from(config=config, database_url=database_url)
+
+    async def listing(store: KeyStore) -> list[KeyRecord]:
+        return await store.list(include_revoked=all_keys)
+
+    records = with_store(settings, listing)
+    if not records:
+        say(f"No keys in {describe(settings.database_url)}. Create one: secureig keys create NAME")
+        return
+    rows = [("NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS")]
+    for r in records:
+        rows.append(
+            (
+                r.name,
+                r.prefix + "...",
+                ",".join(sorted(s.value for s in r.scopes)),
+                ",".join(r.models),
+                _when(r.created_at),
+                _when(r.expires_at) if r.expires_at else "never",
+                _when(r.last_used_at),
+                r.status,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke a key; running servers refuse it within 2 seconds."""
+    settings = settings_from(config=config, database_url=database_url)
+
+    async def revoke(store: KeyStore) -> KeyRecord:
+        return await store.revoke(name)
+
+    record = with_store(settings, revoke)
+    say(
+        f"Revoked key {record.name!r} ({record.prefix}...). Running servers refuse it within"
+        " 2 seconds."
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Give a key a new secret, printed once; the old secret stops working within 2 seconds."""
+    settings = settings_from(config=config, database_url=database_url)
+
+    async def rotate(store: KeyStore) -> tuple[KeyRecord, str]:
+        return await store.rotate(name)
+
+    record, secret = with_store(settings, rotate)
+    say(
+        f"Rotated key {record.name!r} ({_describe_key(record)}); the old secret stops working"
+        " within 2 seconds. The new key is shown only now."
+    )
+    typer.echo(secret)
+
+
+# ---------------------------------------------------------------------------------------------
+# models and check
+
+
+def _client(settings: Settings) -> OllamaClient:
+    return OllamaClient(
+        settings.ollama_url,
+        Timeouts(connect=settings.upstream_connect_timeout, read=10.0, total=15.0),
+    )
+
+
+@app.command()
+def models(ollama_url: OllamaOption = None, config: ConfigOption = None) -> None:
+    """List the models the upstream serves."""
+    settings = settings_from(ollama_url=ollama_url, config=config)
+
+    async def fetch() -> list[Any]:
+        client = _client(settings)
+        await client.open()
+        try:
+            return await client.tags()
+        finally:
+            await client.close()
+
+    try:
+        entries = run(fetch())
+    except UpstreamError as exc:
+        raise fail(str(exc)) from None
+    say(f"{len(entries)} models at {settings.ollama_url}")
+    for entry in entries:
+        size = f"{entry.size / 1e9:.1f} GB" if entry.size else "-"
+        typer.echo(f"{entry.name}\t{size}\t{entry.modified_at}")
+
+
+@app.command()
+def check(
+    ollama_url: OllamaOption = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Check the configuration, the key store and the upstream, each with a verdict."""
+    settings = settings_from(ollama_url=ollama_url, config=config, database_url=database_url)
+    failures = 0
+    typer.echo(
+        f"config    ok    listen {settings.host}:{settings.port},"
+        f" upstream {settings.ollama_url}"
+        + (f", file {settings.config}" if settings.config else "")
+    )
+
+    async def store_facts(store: KeyStore) -> tuple[int, list[KeyRecord]]:
+        return await store.count_live(), await store.list()
+
+    try:
+        live, records = run(_with_store(settings, store_facts))
+        typer.echo(f"store     ok    {describe(settings.database_url)}, {live} live keys")
+    except Exception as exc:
+        failures += 1
+        live, records = 0, []
+        typer.echo(f"store     FAIL  {describe(settings.database_url)}: {exc}")
+
+    from secureig.app import refusal_reason
+
+    has_admin = any(Scope.ADMIN in r.scopes and r.status == "active" for r in records)
+    reason = refusal_reason(settings, live)
+    if reason:
+        failures += 1
+        typer.echo(f"keys      FAIL  {reason.splitlines()[0]}")
+    elif has_admin:
+        typer.echo("keys      ok    an admin key exists; the bootstrap key is off")
+    elif settings.admin_key:
+        typer.echo("keys      warn  SECUREIG_ADMIN_KEY serves as admin until an admin key exists")
+    else:
+        typer.echo(
+            "keys      warn  the bootstrap key 'admin' is active until an admin key exists"
+            " (secureig keys create NAME --scope admin)"
+        )
+
+    async def fetch() -> int:
+        client = _client(settings)
+        await client.open()
+        try:
+            return len(await client.tags())
+        finally:
+            await client.close()
+
+    try:
+        count = run(fetch())
+        typer.echo(f"upstream  ok    {settings.ollama_url} serves {count} models")
+    except UpstreamError as exc:
+        failures += 1
+        typer.echo(f"upstream  FAIL  {exc}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _version(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
+def main() -> None:
+    app()
+
+
+def serve_main() -> None:
+    """`python Secureig.py`: the serve command on its own, options and --help included."""
+    single = typer.Typer(
+        add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+    )
+    single.command()(serve)
+    single()

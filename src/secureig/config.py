@@ -1,0 +1,166 @@
+"""The one settings object, read from CLI flags, `SECUREIG_*` variables, a TOML file and defaults.
+
+Precedence is CLI flag > environment > TOML file (`--config` or `SECUREIG_CONFIG`) > defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+MIB = 1024 * 1024
+
+
+class ConfigFileError(ValueError):
+    """The TOML file named by `--config` / `SECUREIG_CONFIG` is missing or unreadable."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway and its CLI read; both build it alike, so both find one store."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SECUREIG_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    config: Path | None = Field(
+        default=None, description="TOML file with settings (lower precedence than env and flags)."
+    )
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8085, ge=0, le=65535, description="Port to listen on.")
+    ollama_url: str = Field(
+        default="http://127.0.0.1:11434", description="Base URL of the Ollama upstream."
+    )
+    database_url: str = Field(
+        default="sqlite:///secureig.db",
+        description="Key store: sqlite:///path or postgresql://user@host/db.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="An operator-chosen admin key (for containers); at least 16 characters.",
+    )
+    allow_bootstrap_key: bool = Field(
+        default=False,
+        description="Accept the bootstrap key 'admin' on a non-loopback address.",
+    )
+    max_body_bytes: int = Field(
+        default=10 * MIB, gt=0, description="Largest request body accepted, in bytes."
+    )
+    upstream_connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to open a connection to the upstream."
+    )
+    upstream_read_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds to wait for the upstream's next bytes (model loads can be slow).",
+    )
+    upstream_total_timeout: float = Field(
+        default=1800.0, gt=0, description="Seconds one upstream request may take in all."
+    )
+    upstream_max_connections: int = Field(
+        default=100, gt=0, description="Pooled connections to the upstream, at most."
+    )
+    discovery_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between background refreshes of the model list."
+    )
+    key_refresh_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=2.0,
+        description="Seconds between checks of the key store for changes (at most 2).",
+    )
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return level
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file that the higher-precedence sources named in `config`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ returns the whole file at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if path is None:
+            return {}
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigFileError(f"config file {path} does not exist") from exc
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigFileError(f"config file {path} cannot be read: {exc}") from exc
+        # A `[secureig]` table is accepted so the file can be shared with other tools.
+        table = data.get("secureig", data)
+        if not isinstance(table, dict):
+            raise ConfigFileError(f"config file {path}: [secureig] must be a table")
+        table.pop("config", None)
+        return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, with CLI flags as `overrides`; flags left as None are not set."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and any loopback address, the only places the bootstrap key may serve."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

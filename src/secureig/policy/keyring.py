@@ -1,0 +1,147 @@
+"""Key verification in memory: digests of the store's live keys, reloaded when the store changes.
+
+The request path does one SHA-256 and one dict lookup. A poll of the store's keyring generation,
+every `key_refresh_interval` seconds, brings revocations and new keys in within that interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from secureig.credentials import Scope, key_digest
+from secureig.policy.principal import BOOTSTRAP, Principal
+from secureig.store import KeyRecord, KeyStore
+
+log = logging.getLogger("secureig.keys")
+
+BOOTSTRAP_KEY = "admin"
+# last-used times are bookkeeping, not security: written in batches, not per request.
+_LAST_USED_FLUSH_SECONDS = 10.0
+
+
+class AuthError(Exception):
+    """The request carries no key, or one that is unknown, revoked or expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapPolicy:
+    """When the bootstrap key may serve: never past the first admin key in the store.
+
+    `enabled` is settled at start: on loopback, or where the operator opted in, or where the
+    operator chose the bootstrap key's value with SECUREIG_ADMIN_KEY.
+    """
+
+    enabled: bool
+    secret: str = BOOTSTRAP_KEY
+
+
+def _principal(record: KeyRecord) -> Principal:
+    return Principal(
+        name=record.name,
+        scopes=record.scopes,
+        patterns=record.models,
+        key_id=record.id,
+        expires_at=record.expires_at.timestamp() if record.expires_at else None,
+    )
+
+
+class Keyring:
+    def __init__(
+        self, store: KeyStore, bootstrap: BootstrapPolicy, refresh_interval: float
+    ) -> None:
+        self._store = store
+        self._bootstrap = bootstrap
+        self._bootstrap_digest = key_digest(bootstrap.secret)
+        self._interval = refresh_interval
+        self._by_digest: dict[str, Principal] = {}
+        self._admin_expiries: list[float | None] = []
+        self._generation: int | None = None
+        self._last_used: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._store_ok = True
+        self.key_count = 0
+
+    async def load(self) -> None:
+        """Read every live key from the store and swap the lookup table in one assignment."""
+        generation = await self._store.generation()
+        records = await self._store.list()
+        self._by_digest = {r.digest: _principal(r) for r in records}
+        self._admin_expiries = [
+            p.expires_at for p in self._by_digest.values() if Scope.ADMIN in p.scopes
+        ]
+        self.key_count = len(records)
+        self._generation = generation
+
+    @property
+    def bootstrap_active(self) -> bool:
+        if not self._bootstrap.enabled:
+            return False
+        now = time.time()
+        return not any(e is None or e > now for e in self._admin_expiries)
+
+    def authenticate(self, secret: str | None) -> Principal:
+        if not secret:
+            raise AuthError("missing")
+        digest = key_digest(secret)
+        principal = self._by_digest.get(digest)
+        if principal is None:
+            if digest == self._bootstrap_digest and self.bootstrap_active:
+                return BOOTSTRAP
+            raise AuthError("unknown")
+        now = time.time()
+        if principal.expires_at is not None and principal.expires_at <= now:
+            raise AuthError("expired")
+        if principal.key_id is not None:
+            self._last_used[principal.key_id] = now
+        return principal
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="secureig-keyring")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._flush_last_used()
+
+    async def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                if await self._store.generation() != self._generation:
+                    await self.load()
+                    log.info("keys reloaded: %d live", self.key_count)
+                if time.monotonic() - last_flush >= _LAST_USED_FLUSH_SECONDS:
+                    last_flush = time.monotonic()
+                    await self._flush_last_used()
+                if not self._store_ok:
+                    self._store_ok = True
+                    log.info("key store reachable again")
+            except Exception as exc:  # keep serving the last known keys while the store is away
+                if self._store_ok:
+                    self._store_ok = False
+                    log.warning("key store unreachable, serving the last known keys: %s", exc)
+
+    async def _flush_last_used(self) -> None:
+        used, self._last_used = self._last_used, {}
+        try:
+            await self._store.record_last_used(
+                {key_id: datetime.fromtimestamp(ts, UTC) for key_id, ts in used.items()}
+            )
+        except Exception:
+            # Put them back unless newer times arrived meanwhile.
+            for key_id, ts in used.items():
+                self._last_used.setdefault(key_id, ts)
+            raise

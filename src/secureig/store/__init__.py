@@ -1,0 +1,22 @@
+"""The database: keys now, usage later; SQLite by default, PostgreSQL when scaled out."""
+
+from secureig.store.database import DatabaseURLError, create_engine, describe, migrate
+from secureig.store.keystore import (
+    KeyExists,
+    KeyNotFound,
+    KeyRecord,
+    KeyStore,
+    KeyStoreError,
+)
+
+__all__ = [
+    "DatabaseURLError",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyRecord",
+    "KeyStore",
+    "KeyStoreError",
+    "create_engine",
+    "describe",
+    "migrate",
+]

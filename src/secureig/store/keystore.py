@@ -1,0 +1,197 @@
+"""Keys in the database: create, list, revoke, rotate, and what a server needs to verify them.
+
+Every change bumps the keyring generation in the same transaction, so a running server that polls
+the generation sees the change on its next poll.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from secureig.credentials import Scope, generate_key, key_digest, parse_scopes, visible_prefix
+from secureig.names import normalize_pattern
+from secureig.store.tables import ApiKey, KeyringState
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
+
+
+class KeyStoreError(Exception):
+    """A key operation that cannot be done, with a message meant for the operator."""
+
+
+class KeyExists(KeyStoreError):
+    pass
+
+
+class KeyNotFound(KeyStoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: int
+    name: str
+    prefix: str
+    digest: str
+    scopes: frozenset[Scope]
+    models: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    rotated_at: datetime | None
+    last_used_at: datetime | None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.is_expired(datetime.now(UTC)):
+            return "expired"
+        return "active"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything the store writes is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _record(row: ApiKey) -> KeyRecord:
+    created = _utc(row.created_at)
+    assert created is not None
+    return KeyRecord(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        digest=row.digest,
+        scopes=parse_scopes(row.scopes.split()),
+        models=tuple(json.loads(row.models)),
+        created_at=created,
+        expires_at=_utc(row.expires_at),
+        revoked_at=_utc(row.revoked_at),
+        rotated_at=_utc(row.rotated_at),
+        last_used_at=_utc(row.last_used_at),
+    )
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise KeyStoreError(
+            f"invalid key name {name!r}: 1-64 characters, letters, digits and _ . @ -,"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def _bump(self, session: AsyncSession) -> None:
+        await session.execute(
+            update(KeyringState)
+            .where(KeyringState.id == 1)
+            .values(generation=KeyringState.generation + 1)
+        )
+
+    async def create(
+        self,
+        name: str,
+        scopes: Iterable[Scope],
+        models: Iterable[str],
+        expires_at: datetime | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new key and return it with its secret, which is not kept anywhere."""
+        validate_name(name)
+        scope_set = frozenset(scopes) or frozenset({Scope.INFERENCE})
+        patterns = sorted({normalize_pattern(m) for m in models}) or ["*"]
+        secret = generate_key()
+        row = ApiKey(
+            name=name,
+            prefix=visible_prefix(secret),
+            digest=key_digest(secret),
+            scopes=" ".join(sorted(s.value for s in scope_set)),
+            models=json.dumps(patterns),
+            created_at=datetime.now(UTC),
+            expires_at=expires_at,
+        )
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+                await self._bump(session)
+        except IntegrityError:
+            raise KeyExists(f"a live key named {name!r} already exists") from None
+        return _record(row), secret
+
+    async def _live(self, session: AsyncSession, name: str) -> ApiKey:
+        row = await session.scalar(
+            select(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+        )
+        if row is None:
+            raise KeyNotFound(f"no live key named {name!r}")
+        return row
+
+    async def revoke(self, name: str) -> KeyRecord:
+        async with self._sessions.begin() as session:
+            row = await self._live(session, name)
+            row.revoked_at = datetime.now(UTC)
+            await self._bump(session)
+        return _record(row)
+
+    async def rotate(self, name: str) -> tuple[KeyRecord, str]:
+        """Give the key a new secret; the old one stops working with the same change."""
+        secret = generate_key()
+        async with self._sessions.begin() as session:
+            row = await self._live(session, name)
+            row.digest = key_digest(secret)
+            row.prefix = visible_prefix(secret)
+            row.rotated_at = datetime.now(UTC)
+            await self._bump(session)
+        return _record(row), secret
+
+    async def list(self, include_revoked: bool = False) -> list[KeyRecord]:
+        query = select(ApiKey).order_by(ApiKey.name, ApiKey.id)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        async with self._sessions() as session:
+            return [_record(row) for row in await session.scalars(query)]
+
+    async def count_live(self) -> int:
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+            )
+        return int(count or 0)
+
+    async def generation(self) -> int:
+        async with self._sessions() as session:
+            value = await session.scalar(
+                select(KeyringState.generation).where(KeyringState.id == 1)
+            )
+        return int(value or 0)
+
+    async def record_last_used(self, used: Mapping[int, datetime]) -> None:
+        """Write last-used times in one transaction; no generation bump, nothing to reload."""
+        if not used:
+            return
+        async with self._sessions.begin() as session:
+            for key_id, when in used.items():
+                await session.execute(
+                    update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
+                )
+
+    async def ping(self) -> None:
+        async with self._sessions() as session:
+            await session.execute(text("SELECT 1"))

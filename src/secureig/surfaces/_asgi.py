@@ -1,0 +1,138 @@
+"""The few ASGI pieces the hot routes need: headers, a size-capped body, responses, timing.
+
+The proxy routes are plain ASGI callables rather than FastAPI routes: per-request dependency
+machinery costs more than everything the gateway decides (see DESIGN.md, "Hot path budget").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+EXCHANGE = "secureig.exchange"
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class StreamAborted(Exception):
+    """Raised after the response started, so the server cuts the connection and the client sees an
+    incomplete transfer rather than a short answer that looks complete."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the access log and Server-Timing need to know about one request."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    key_name: str | None = None
+    model: str | None = None
+    status: int = 0
+    upstream_seconds: float | None = None
+
+    def server_timing(self) -> bytes:
+        total = time.perf_counter() - self.started
+        if self.upstream_seconds is None:
+            return f"gateway;dur={total * 1000:.2f}".encode()
+        own = max(total - self.upstream_seconds, 0.0)
+        return (
+            f"gateway;dur={own * 1000:.2f}, upstream;dur={self.upstream_seconds * 1000:.2f}"
+        ).encode()
+
+
+def exchange_of(scope: Scope) -> Exchange:
+    exchange: Exchange = scope[EXCHANGE]
+    return exchange
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a header (names are lower-case bytes in ASGI)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def api_key(scope: Scope) -> str | None:
+    """The key from `X-API-KEY` or `Authorization: Bearer`; never from the query string."""
+    authorization: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == b"x-api-key":
+            return str(value.decode("latin-1")).strip()
+        if key == b"authorization":
+            authorization = value
+    if authorization is not None:
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer":
+            return str(token).strip()
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to cross `limit` (chunked uploads too)."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def watch_disconnect(receive: Receive) -> asyncio.Task[None]:
+    """Cancel the current task when the client goes away, so the upstream request is dropped
+    at once rather than generating for nobody. Cancel the returned task when done."""
+    current = asyncio.current_task()
+    assert current is not None
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                current.cancel()
+                return
+
+    return asyncio.create_task(watch())

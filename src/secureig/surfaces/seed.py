@@ -1,0 +1,224 @@
+"""The seed's documented endpoint, `POST /request`: a prompt in, the model's text out, plain text.
+
+Errors are plain text with the seed's status codes: 403 for a missing or wrong key, for no models
+or an unreachable upstream, and for a model that does not exist or cannot be served; 422 for a
+malformed body, 413 for an oversized one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from secureig.policy import (
+    Forbidden,
+    Gatekeeper,
+    InvalidModel,
+    ModelNotFound,
+    Operation,
+    Refusal,
+    Unauthenticated,
+    UpstreamDown,
+)
+from secureig.surfaces._asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    StreamAborted,
+    api_key,
+    exchange_of,
+    read_body,
+    respond,
+    watch_disconnect,
+)
+from secureig.upstream import (
+    NDJSONStream,
+    OllamaClient,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+TEXT = b"text/plain; charset=utf-8"
+
+
+class SeedRequest(BaseModel):
+    """Body of `POST /request`."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str = Field(min_length=1, description="Model name, resolved as Ollama does.")
+    request: str = Field(min_length=1, description="The prompt.")
+    stream: bool = Field(default=False, description="Send the text as it is generated.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Ollama model options.")
+
+
+class SeedError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _refusal_error(refusal: Refusal) -> SeedError:
+    if isinstance(refusal, Unauthenticated):
+        return SeedError(403, f"Unauthorized access: {refusal.message}")
+    if isinstance(refusal, Forbidden):
+        return SeedError(403, f"Forbidden: {refusal.message}")
+    if isinstance(refusal, UpstreamDown):
+        return SeedError(403, refusal.message[:1].upper() + refusal.message[1:])
+    if isinstance(refusal, ModelNotFound | InvalidModel):
+        return SeedError(403, f"Model not available: {refusal.message}")
+    return SeedError(403, refusal.message)
+
+
+def _upstream_error(error: UpstreamError, model: str) -> SeedError:
+    if isinstance(error, UpstreamStatusError):
+        if error.status == 404:
+            return SeedError(403, f"Model not available: model {model!r} not found")
+        if error.status in (429, 503):
+            return SeedError(error.status, f"Upstream busy: {error.message}")
+        return SeedError(403, f"Model {model!r} cannot be served: {error.message}")
+    if isinstance(error, UpstreamUnavailable):
+        return SeedError(403, f"No models available: {error}")
+    if isinstance(error, UpstreamTimeout):
+        return SeedError(504, f"Upstream timed out: {error}")
+    return SeedError(502, f"Upstream failed: {error}")
+
+
+def _validation_message(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        problems.append(f"{where}: {item['msg']}")
+    return "Invalid request body: " + "; ".join(problems)
+
+
+def parse(body: bytes) -> SeedRequest:
+    if not body.strip():
+        raise SeedError(422, 'Invalid request body: expected JSON {"model": ..., "request": ...}')
+    try:
+        return SeedRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise SeedError(422, _validation_message(exc)) from None
+
+
+class SeedSurface:
+    """The ASGI callable behind `/request`."""
+
+    def __init__(self, gatekeeper: Gatekeeper, client: OllamaClient, max_body_bytes: int) -> None:
+        self._gate = gatekeeper
+        self._client = client
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = exchange_of(scope)
+        if scope["method"] != "POST":
+            await respond(send, 405, b"Method not allowed: use POST", TEXT, [(b"allow", b"POST")])
+            return
+        try:
+            await self._handle(scope, receive, send, exchange)
+        except SeedError as exc:
+            # An oversized upload is not drained for keep-alive: the connection closes instead.
+            extra = [(b"connection", b"close")] if exc.status == 413 else None
+            await respond(send, exc.status, exc.message.encode(), TEXT, extra)
+        except ClientGone:
+            exchange.status = 499
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        try:
+            # The key is checked before the body is read: a stranger's upload costs nothing.
+            principal = self._gate.authenticate(api_key(scope))
+            ex.key_name = principal.name
+            body = await read_body(scope, receive, self._limit)
+        except Refusal as refusal:
+            raise _refusal_error(refusal) from None
+        except BodyTooLarge as exc:
+            raise SeedError(
+                413, f"Request body too large: the limit is {exc.limit} bytes"
+            ) from None
+        seed = parse(body)
+        ex.model = seed.model
+        try:
+            name = self._gate.authorize(principal, Operation.GENERATE, seed.model)
+            entry = await self._gate.locate(name, seed.model)
+        except Refusal as refusal:
+            raise _refusal_error(refusal) from None
+        upstream_body: dict[str, Any] = {
+            "model": entry.name,
+            "prompt": seed.request,
+            "stream": True,
+        }
+        if seed.options:
+            upstream_body["options"] = seed.options
+
+        watcher = watch_disconnect(receive)
+        started = time.perf_counter()
+        try:
+            async with self._client.stream("/api/generate", upstream_body) as (upstream, waited):
+                ex.upstream_seconds = waited
+                if seed.stream:
+                    await self._stream(upstream, send, ex)
+                else:
+                    await self._collect(upstream, send, ex, started)
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():
+                # The client went away: the upstream request is closed, nothing is owed to anyone.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                ex.status = 499
+                return
+            raise
+        except UpstreamError as exc:
+            if ex.status:  # headers already left
+                raise StreamAborted(str(exc)) from None
+            raise _upstream_error(exc, seed.model) from None
+        finally:
+            watcher.cancel()
+
+    async def _collect(
+        self, upstream: NDJSONStream, send: Send, ex: Exchange, started: float
+    ) -> None:
+        parts: list[str] = []
+        async for line in upstream.lines():
+            piece = line.get("response")
+            if isinstance(piece, str):
+                parts.append(piece)
+        # Nothing left before the upstream finished: all of that wait was the upstream's.
+        ex.upstream_seconds = time.perf_counter() - started
+        await respond(send, 200, "".join(parts).encode(), TEXT)
+
+    async def _stream(self, upstream: NDJSONStream, send: Send, ex: Exchange) -> None:
+        lines = upstream.lines()
+        # The first line decides the status: an error before any output is still a proper error.
+        first = await anext(lines, None)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", TEXT),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        if first is not None:
+            await self._send_piece(send, first)
+            async for line in lines:
+                await self._send_piece(send, line)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _send_piece(send: Send, line: dict[str, Any]) -> None:
+        piece = line.get("response")
+        if isinstance(piece, str) and piece:
+            await send({"type": "http.response.body", "body": piece.encode(), "more_body": True})

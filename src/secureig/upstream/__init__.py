@@ -1,0 +1,28 @@
+"""Upstream backends: clients that speak each backend's API, and model discovery."""
+
+from secureig.upstream.discovery import CatalogState, ModelCatalog
+from secureig.upstream.ollama import (
+    NDJSONStream,
+    OllamaClient,
+    TagEntry,
+    Timeouts,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamStreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = [
+    "CatalogState",
+    "ModelCatalog",
+    "NDJSONStream",
+    "OllamaClient",
+    "TagEntry",
+    "Timeouts",
+    "UpstreamError",
+    "UpstreamStatusError",
+    "UpstreamStreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]

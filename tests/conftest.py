@@ -1,0 +1,253 @@
+"""Test fixtures: the Ollama stand-in, gateway processes on free loopback ports, and the CLI.
+
+Everything goes through real HTTP to a real `secureig serve` process; only Ollama is stood in for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.standin import OllamaStandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_SERVICES = os.environ.get("SECUREIG_REQUIRE_SERVICES") == "1"
+POSTGRES_DSN = os.environ.get("SECUREIG_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def base_env(database_url: str, ollama_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECUREIG_")}
+    env.update(
+        SECUREIG_DATABASE_URL=database_url,
+        SECUREIG_OLLAMA_URL=ollama_url,
+        SECUREIG_LOG_LEVEL="info",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Cli:
+    """Runs `python -m secureig ...` with the same settings the gateway under test reads."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.cwd = cwd
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "secureig", *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"secureig {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
+        return result
+
+    def create_key(self, name: str, *flags: str) -> str:
+        result = self("keys", "create", name, *flags)
+        key = result.stdout.strip()
+        assert key.startswith("sig_") and "\n" not in key
+        return key
+
+
+class Gateway:
+    """One `secureig serve` process, stopped by its PID."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, port: int, args: tuple[str, ...] = ()):
+        self.env = env
+        self.cwd = cwd
+        self.port = port
+        self.args = args
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = cwd / f"gateway-{port}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Gateway:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "secureig", "serve", "--port", str(self.port), *self.args],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"gateway exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"gateway did not come up in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=5)
+
+    def post(
+        self, body: object, key: str | None = "admin", timeout: float = 30.0
+    ) -> httpx.Response:
+        headers = {"X-API-KEY": key} if key is not None else {}
+        return httpx.post(self.url + "/request", json=body, headers=headers, timeout=timeout)
+
+
+def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.1) -> bool:
+    """Poll `predicate()` until true or the timeout; the timeout bounds every wait in the suite."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return bool(predicate())  # type: ignore[operator]
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[OllamaStandIn]:
+    server = OllamaStandIn()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_standin(request: pytest.FixtureRequest) -> Iterator[None]:
+    # The stand-in is shared by the session; each test starts from its defaults.
+    yield
+    if "standin" in request.fixturenames:
+        server: OllamaStandIn = request.getfixturevalue("standin")
+        if not _listening(server.port):
+            server.start()
+        server.reset()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Deployment:
+    """A store, its CLI, and gateways started on it; every process is stopped at teardown."""
+
+    def __init__(self, tmp: Path, database_url: str, ollama_url: str) -> None:
+        self.tmp = tmp
+        self.env = base_env(database_url, ollama_url)
+        self.cli = Cli(self.env, tmp)
+        self.gateways: list[Gateway] = []
+
+    def gateway(
+        self, *args: str, port: int | None = None, wait: bool = True, **env: str
+    ) -> Gateway:
+        merged = dict(self.env)
+        merged.update({f"SECUREIG_{k.upper()}": v for k, v in env.items()})
+        gateway = Gateway(merged, self.tmp, port or free_port(), args)
+        self.gateways.append(gateway)
+        return gateway.start(wait=wait)
+
+    def close(self) -> None:
+        for gateway in self.gateways:
+            gateway.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, standin: OllamaStandIn) -> Iterator[Deployment]:
+    dep = Deployment(tmp_path, f"sqlite:///{tmp_path / 'keys.db'}", standin.url)
+    yield dep
+    dep.close()
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandIn
+) -> Iterator[Deployment]:
+    """One gateway for a whole module, on the bootstrap key, for tests that change no keys."""
+    tmp = tmp_path_factory.mktemp("shared")
+    dep = Deployment(tmp, f"sqlite:///{tmp / 'keys.db'}", standin.url)
+    dep.gateway(discovery_interval="0.5")
+    yield dep
+    dep.close()
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1.0):
+            return None
+    except OSError as exc:
+        return f"PostgreSQL is not reachable on 127.0.0.1:5432 ({exc})"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    reason = _postgres_reachable()
+    if reason:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    import asyncio
+
+    import asyncpg
+
+    name = f"secureig_test_{uuid.uuid4().hex[:10]}"
+    admin_dsn = POSTGRES_DSN
+
+    async def run(sql: str) -> None:
+        connection = await asyncpg.connect(admin_dsn)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,78 @@
+"""Settings precedence (flag > environment > TOML file > default) and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from secureig.config import ConfigFileError, is_loopback, load_settings
+from tests.conftest import Deployment
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SECUREIG_HOST", "SECUREIG_PORT", "SECUREIG_CONFIG", "SECUREIG_OLLAMA_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8085)
+    assert settings.ollama_url == "http://127.0.0.1:11434"
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "secureig.toml"
+    config.write_text('port = 1111\nhost = "127.0.0.2"\nollama_url = "http://10.0.0.1:11434"\n')
+    monkeypatch.setenv("SECUREIG_CONFIG", str(config))
+    monkeypatch.delenv("SECUREIG_PORT", raising=False)
+    monkeypatch.delenv("SECUREIG_HOST", raising=False)
+    assert load_settings().port == 1111
+    monkeypatch.setenv("SECUREIG_PORT", "2222")
+    settings = load_settings()
+    assert settings.port == 2222 and settings.host == "127.0.0.2"
+    assert load_settings(port=3333).port == 3333
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="does not exist"):
+        load_settings(config=tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("port = = 1")
+    with pytest.raises(ConfigFileError, match="cannot be read"):
+        load_settings(config=broken)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("prot = 1")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(config=typo)
+
+
+def test_cli_reads_the_config_file(deployment: Deployment, tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[secureig]\nport = 9999\ndatabase_url = "sqlite:///{tmp_path}/other.db"\n')
+    env = dict(deployment.env)
+    del env["SECUREIG_DATABASE_URL"]
+    deployment.cli.env = env
+    result = deployment.cli("check", "--config", str(config), check=False)
+    assert "listen 127.0.0.1:9999" in result.stdout
+    assert f"{tmp_path}/other.db" in result.stdout
+    bad = deployment.cli("check", "--config", str(tmp_path / "nope.toml"), check=False)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.5", False),
+     ("gpu-box.internal", False)],
+)  # fmt: skip
+def test_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_invalid_values() -> None:
+    with pytest.raises(ValidationError, match="ollama_url"):
+        load_settings(ollama_url="127.0.0.1:11434")
+    with pytest.raises(ValidationError, match="key_refresh_interval"):
+        load_settings(key_refresh_interval=5)
+    with pytest.raises(ValidationError, match="max_body_bytes"):
+        load_settings(max_body_bytes=0)

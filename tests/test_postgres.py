@@ -1,0 +1,27 @@
+"""The same gateway and CLI on PostgreSQL, selected by a plain `postgresql://` URL."""
+
+from __future__ import annotations
+
+from tests.conftest import Cli, Deployment, base_env, wait_until
+from tests.standin import OllamaStandIn
+
+HI = {"model": "llama2", "request": "hi"}
+
+
+def test_keys_and_requests_on_postgres(
+    deployment: Deployment, standin: OllamaStandIn, postgres_url: str
+) -> None:
+    assert postgres_url.startswith("postgresql://")
+    deployment.env = base_env(postgres_url, standin.url)
+    deployment.cli = Cli(deployment.env, deployment.tmp)
+    key = deployment.cli.create_key("pg-alice", "--models", "llama*")
+    gateway = deployment.gateway()
+    assert "PostgreSQL" in deployment.cli("check").stdout
+    assert gateway.post(HI, key=key).status_code == 200
+
+    deployment.cli("keys", "revoke", "pg-alice")
+    assert wait_until(lambda: gateway.post(HI, key=key).status_code == 403, timeout=2.5)
+
+    admin = deployment.cli.create_key("pg-root", "--scope", "admin")
+    assert wait_until(lambda: gateway.post(HI, key="admin").status_code == 403, timeout=2.5)
+    assert gateway.post(HI, key=admin).status_code == 200
