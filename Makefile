@@ -13,8 +13,8 @@ run: $(STAMP)
 test: $(TEST_STAMP) lint typecheck unit
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests Secureig.py
-	$(BIN)/ruff format --check src tests Secureig.py
+	$(BIN)/ruff check src tests bench Secureig.py
+	$(BIN)/ruff format --check src tests bench Secureig.py
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from secureig.app import Gateway, refusal_reason
 from secureig.config import ConfigFileError, is_loopback, load_settings
+from secureig.store import migrate
 from tests.conftest import Deployment
 
 
@@ -76,3 +79,37 @@ def test_invalid_values() -> None:
         load_settings(key_refresh_interval=5)
     with pytest.raises(ValidationError, match="max_body_bytes"):
         load_settings(max_body_bytes=0)
+
+
+def test_refusal_rules() -> None:
+    network = {"host": "0.0.0.0"}
+    assert refusal_reason(load_settings(**network), live_keys=0) is not None
+    assert refusal_reason(load_settings(**network), live_keys=1) is None
+    assert refusal_reason(load_settings(allow_bootstrap_key=True, **network), live_keys=0) is None
+    assert refusal_reason(load_settings(admin_key="x" * 16, **network), live_keys=0) is None
+    assert refusal_reason(load_settings(host="127.0.0.1"), live_keys=0) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "active"),
+    [
+        ({"host": "127.0.0.1"}, True),
+        ({"host": "0.0.0.0"}, False),
+        ({"host": "0.0.0.0", "allow_bootstrap_key": True}, True),
+        ({"host": "0.0.0.0", "admin_key": "y" * 20}, True),
+    ],
+)
+def test_bootstrap_key_by_address(
+    tmp_path: Path, overrides: dict[str, object], active: bool
+) -> None:
+    # The real Gateway on a real store; nothing listens, nothing is mocked.
+    settings = load_settings(database_url=f"sqlite:///{tmp_path / 'k.db'}", **overrides)
+    gateway = Gateway(settings)
+
+    async def check() -> bool:
+        await migrate(gateway.engine)
+        await gateway.keyring.load()
+        await gateway.engine.dispose()
+        return gateway.keyring.bootstrap_active
+
+    assert asyncio.run(check()) is active

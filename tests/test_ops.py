@@ -108,3 +108,29 @@ def test_models_command(deployment: Deployment, standin: OllamaStandIn) -> None:
     result = deployment.cli("models")
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert sorted(names) == sorted(standin.models)
+
+
+def test_sigterm_lets_streams_in_flight_finish(
+    deployment: Deployment, standin: OllamaStandIn
+) -> None:
+    import signal
+
+    standin.reply = lambda prompt: [f" w{i}" for i in range(8)]
+    standin.chunk_delay = 0.2
+    gateway = deployment.gateway()
+    received = []
+    with httpx.stream(
+        "POST",
+        gateway.url + "/request",
+        json={"model": "llama2", "request": "hi", "stream": True},
+        headers={"X-API-KEY": "admin"},
+        timeout=30,
+    ) as response:
+        for index, text in enumerate(response.iter_text()):
+            received.append(text)
+            if index == 0:
+                assert gateway.process is not None
+                gateway.process.send_signal(signal.SIGTERM)
+    assert "".join(received) == "".join(f" w{i}" for i in range(8))
+    assert gateway.process is not None
+    assert gateway.process.wait(timeout=15) in (0, -15)

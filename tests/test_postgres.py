@@ -25,3 +25,36 @@ def test_keys_and_requests_on_postgres(
     admin = deployment.cli.create_key("pg-root", "--scope", "admin")
     assert wait_until(lambda: gateway.post(HI, key="admin").status_code == 403, timeout=2.5)
     assert gateway.post(HI, key=admin).status_code == 200
+
+
+def test_store_outage_fails_readiness_but_keys_keep_working(
+    deployment: Deployment, standin: OllamaStandIn, postgres_url: str
+) -> None:
+    import asyncio
+
+    import asyncpg
+    import httpx
+
+    from tests.conftest import POSTGRES_DSN
+
+    deployment.env = base_env(postgres_url, standin.url)
+    deployment.cli = Cli(deployment.env, deployment.tmp)
+    key = deployment.cli.create_key("pg-bob")
+    gateway = deployment.gateway()
+    assert httpx.get(gateway.url + "/readyz").json()["store"] == "ok"
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(POSTGRES_DSN)
+        try:
+            name = postgres_url.rsplit("/", 1)[1]
+            await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+    assert wait_until(lambda: httpx.get(gateway.url + "/readyz").status_code == 503, timeout=10)
+    report = httpx.get(gateway.url + "/readyz").json()
+    assert report["status"] == "not ready" and report["store"] == "unreachable"
+    # Verification is in memory: the last known keys still serve while the store is away.
+    assert gateway.post(HI, key=key).status_code == 200
+    assert wait_until(lambda: "key store unreachable" in gateway.log(), timeout=5)

@@ -1,7 +1,6 @@
 """Policy: who is asking (keys), what they may do (scopes, models), checked in one place."""
 
 from secureig.policy.engine import (
-    Admission,
     Forbidden,
     Gatekeeper,
     InvalidModel,
@@ -16,7 +15,6 @@ from secureig.policy.principal import Principal
 
 __all__ = [
     "BOOTSTRAP_KEY",
-    "Admission",
     "AuthError",
     "BootstrapPolicy",
     "Forbidden",

@@ -7,7 +7,6 @@ so a key cannot probe what the upstream serves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from secureig.credentials import Scope
@@ -59,14 +58,10 @@ _AUTH_MESSAGES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    principal: Principal
-    model: ModelName
-    upstream_model: str  # the name as the upstream spells it
-
-
 class Gatekeeper:
+    """Surfaces call authenticate, authorize and locate in this order, each once per request;
+    the body is read between the first two, so a stranger's upload costs nothing."""
+
     def __init__(self, keyring: Keyring, catalog: ModelCatalog) -> None:
         self.keyring = keyring
         self.catalog = catalog
@@ -102,9 +97,3 @@ class Gatekeeper:
         if not state.models:
             raise UpstreamDown("no models available: the upstream serves none")
         raise ModelNotFound(f"model {model!r} not found")
-
-    async def admit(self, secret: str | None, operation: Operation, model: str) -> Admission:
-        principal = self.authenticate(secret)
-        name = self.authorize(principal, operation, model)
-        entry = await self.locate(name, model)
-        return Admission(principal=principal, model=name, upstream_model=entry.name)

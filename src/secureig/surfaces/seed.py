@@ -165,7 +165,7 @@ class SeedSurface:
             async with self._client.stream("/api/generate", upstream_body) as (upstream, waited):
                 ex.upstream_seconds = waited
                 if seed.stream:
-                    await self._stream(upstream, send, ex)
+                    await self._stream(upstream, send, ex, started)
                 else:
                     await self._collect(upstream, send, ex, started)
         except asyncio.CancelledError:
@@ -196,10 +196,13 @@ class SeedSurface:
         ex.upstream_seconds = time.perf_counter() - started
         await respond(send, 200, "".join(parts).encode(), TEXT)
 
-    async def _stream(self, upstream: NDJSONStream, send: Send, ex: Exchange) -> None:
+    async def _stream(
+        self, upstream: NDJSONStream, send: Send, ex: Exchange, started: float
+    ) -> None:
         lines = upstream.lines()
         # The first line decides the status: an error before any output is still a proper error.
         first = await anext(lines, None)
+        ex.upstream_seconds = time.perf_counter() - started
         await send(
             {
                 "type": "http.response.start",

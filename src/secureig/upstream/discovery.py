@@ -45,6 +45,8 @@ class ModelCatalog:
         return await asyncio.shield(self._refreshing)
 
     async def _fetch(self) -> CatalogState:
+        # Only changes are logged; the first look is reported by whoever started the catalog.
+        first = self.state.refreshed_at == 0.0
         was_up = self.state.up
         try:
             entries = await self.client.tags()
@@ -52,7 +54,7 @@ class ModelCatalog:
             self.state = CatalogState(
                 models=self.state.models, up=False, error=str(exc), refreshed_at=time.monotonic()
             )
-            if was_up:
+            if was_up and not first:
                 log.warning("upstream %s is down: %s", self.client.base_url, exc)
             return self.state
         models: dict[str, TagEntry] = {}
@@ -60,7 +62,7 @@ class ModelCatalog:
             with contextlib.suppress(InvalidModelName):
                 models[model_key(entry.name)] = entry
         self.state = CatalogState(models=models, up=True, error=None, refreshed_at=time.monotonic())
-        if not was_up:
+        if not was_up and not first:
             log.info("upstream %s is up with %d models", self.client.base_url, len(models))
         return self.state
 

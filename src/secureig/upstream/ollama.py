@@ -25,6 +25,9 @@ _HEADERS = {
 }
 
 
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
 class UpstreamError(Exception):
     """Anything that kept the upstream from answering as asked; `str()` is safe to show clients."""
 
@@ -81,12 +84,11 @@ class NDJSONStream:
         buffer = b""
         try:
             async for chunk in self._response.content.iter_any():
+                # Search only the new bytes: a long line arriving in many pieces stays linear.
+                scan = len(buffer)
                 buffer += chunk
-                while True:
-                    end = buffer.find(b"\n")
-                    if end < 0:
-                        break
-                    line, buffer = buffer[:end], buffer[end + 1 :]
+                while (end := buffer.find(b"\n", scan)) >= 0:
+                    line, buffer, scan = buffer[:end], buffer[end + 1 :], 0
                     if line.strip():
                         yield _parse_line(line)
                 if len(buffer) > self._max_line:
@@ -125,7 +127,13 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:
-    body = await response.read()
+    # An error body is read only as far as a message needs; the rest is dropped with the stream.
+    body = b""
+    while len(body) < _ERROR_BODY_LIMIT:
+        chunk = await response.content.read(_ERROR_BODY_LIMIT - len(body))
+        if not chunk:
+            break
+        body += chunk
     try:
         value = json.loads(body)
     except ValueError:
