@@ -153,6 +153,9 @@ def test_stream_failure_midway_curl_sees_an_error(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 18, (result.returncode, result.stderr)  # partial transfer
+    gateway = shared.gateways[0]
+    assert wait_until(lambda: "outcome=upstream-failed-mid-stream" in gateway.log(), timeout=3)
+    assert "Exception in ASGI application" not in gateway.log()
 
 
 def test_non_stream_failure_midway_is_an_error(shared: Deployment, standin: OllamaStandIn) -> None:

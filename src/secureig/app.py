@@ -259,7 +259,7 @@ class GatewayApp:
         duration = (time.perf_counter() - exchange.started) * 1000
         upstream = exchange.upstream_seconds
         access_log.info(
-            "rid=%s %s %s key=%s model=%s status=%s dur_ms=%.1f upstream_ms=%s",
+            "rid=%s %s %s key=%s model=%s status=%s dur_ms=%.1f upstream_ms=%s%s",
             exchange.request_id,
             scope["method"],
             scope["path"][:200],
@@ -268,6 +268,7 @@ class GatewayApp:
             exchange.status or "aborted",
             duration,
             f"{upstream * 1000:.1f}" if upstream is not None else "-",
+            f" outcome={exchange.outcome}" if exchange.outcome else "",
         )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

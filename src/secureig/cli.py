@@ -31,7 +31,7 @@ from secureig.store import (
     describe,
     migrate,
 )
-from secureig.upstream import OllamaClient, Timeouts, UpstreamError
+from secureig.upstream import OllamaClient, TagEntry, Timeouts, UpstreamError
 
 T = TypeVar("T")
 
@@ -402,11 +402,21 @@ def keys_rotate(
 # models and check
 
 
-def _client(settings: Settings) -> OllamaClient:
-    return OllamaClient(
-        settings.ollama_url,
-        Timeouts(connect=settings.upstream_connect_timeout, read=10.0, total=15.0),
-    )
+def _upstream_models(settings: Settings) -> list[TagEntry]:
+    """The upstream's `/api/tags`, with short timeouts: a CLI answer should not hang."""
+
+    async def fetch() -> list[TagEntry]:
+        client = OllamaClient(
+            settings.ollama_url,
+            Timeouts(connect=settings.upstream_connect_timeout, read=10.0, total=15.0),
+        )
+        await client.open()
+        try:
+            return await client.tags()
+        finally:
+            await client.close()
+
+    return run(fetch())
 
 
 @app.command()
@@ -414,16 +424,8 @@ def models(ollama_url: OllamaOption = None, config: ConfigOption = None) -> None
     """List the models the upstream serves."""
     settings = settings_from(ollama_url=ollama_url, config=config)
 
-    async def fetch() -> list[Any]:
-        client = _client(settings)
-        await client.open()
-        try:
-            return await client.tags()
-        finally:
-            await client.close()
-
     try:
-        entries = run(fetch())
+        entries = _upstream_models(settings)
     except UpstreamError as exc:
         raise fail(str(exc)) from None
     say(f"{len(entries)} models at {settings.ollama_url}")
@@ -475,16 +477,8 @@ def check(
             " (secureig keys create NAME --scope admin)"
         )
 
-    async def fetch() -> int:
-        client = _client(settings)
-        await client.open()
-        try:
-            return len(await client.tags())
-        finally:
-            await client.close()
-
     try:
-        count = run(fetch())
+        count = len(_upstream_models(settings))
         typer.echo(f"upstream  ok    {settings.ollama_url} serves {count} models")
     except UpstreamError as exc:
         failures += 1

@@ -46,6 +46,7 @@ class Exchange:
     model: str | None = None
     status: int = 0
     upstream_seconds: float | None = None
+    outcome: str | None = None  # what went wrong after the status left, for the access log
 
     def server_timing(self) -> bytes:
         total = time.perf_counter() - self.started

@@ -130,7 +130,7 @@ class SeedSurface:
             extra = [(b"connection", b"close")] if exc.status == 413 else None
             await respond(send, exc.status, exc.message.encode(), TEXT, extra)
         except ClientGone:
-            exchange.status = 499
+            exchange.status, exchange.outcome = 499, "client-disconnected"
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         try:
@@ -174,11 +174,12 @@ class SeedSurface:
                 current = asyncio.current_task()
                 if current is not None:
                     current.uncancel()
-                ex.status = 499
+                ex.status, ex.outcome = 499, "client-disconnected"
                 return
             raise
         except UpstreamError as exc:
             if ex.status:  # headers already left
+                ex.outcome = "upstream-failed-mid-stream"
                 raise StreamAborted(str(exc)) from None
             raise _upstream_error(exc, seed.model) from None
         finally:
