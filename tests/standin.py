@@ -11,7 +11,9 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 import socket
+import string
 import threading
 import time
 import weakref
@@ -26,10 +28,17 @@ __all__ = ["FAIL_MESSAGE", "Headers", "ModelSpec", "OllamaStandIn", "RecordedReq
 
 FAIL_MESSAGE = "an error was encountered while running the model"
 DEFAULT_VERSION = "0.12.0"
+DEFAULT_THOUGHT = ["Let me think."]
+EMBED_CONTEXT_WORDS = 100  # words an embedding input may have before truncation applies
 
 _JSON_CT = "application/json; charset=utf-8"
 _NDJSON_CT = "application/x-ndjson"
 _DEFAULT_KEEP_ALIVE = 300.0
+# What a signed-out server's /api/me offers: ollama.com's connect page for its (here: fake) key.
+_SIGNIN_KEY = base64.urlsafe_b64encode(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOllamaStandIn")
+_SIGNIN_URL = "https://ollama.com/connect?name=ollama-standin&key=" + _SIGNIN_KEY.decode().rstrip(
+    "="
+)
 # Go clamps a negative keep_alive to MaxInt64 nanoseconds (~292 years): "loaded forever".
 _FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
 
@@ -229,6 +238,16 @@ def _default_models() -> dict[str, ModelSpec]:
             capabilities=["embedding"],
             context_length=2048,
         ),
+        ModelSpec(
+            "qwen3:latest",
+            size=5_225_388_164,
+            modified_at=datetime(2024, 2, 10, 9, 30, 0, 250000, tzinfo=UTC),
+            family="qwen3",
+            parameter_size="8.2B",
+            quantization_level="Q4_K_M",
+            capabilities=["completion", "tools", "thinking"],
+            context_length=40960,
+        ),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -357,7 +376,7 @@ def _fold(s: str) -> str:
 
 @dataclass(frozen=True)
 class _T:
-    kind: str  # string bool pbool int any map duration think image list struct
+    kind: str  # string bool pbool int any map smap duration think image list struct
     go: str
     elem: _T | None = None
     fields: tuple[tuple[str, _T], ...] = ()
@@ -471,6 +490,34 @@ _PULL = _struct(
     stream=_PBOOL,
     name=_STR,
 )
+_PUSH = _struct(
+    "PushRequest",
+    model=_STR,
+    insecure=_BOOL,
+    username=_STR,
+    password=_STR,
+    stream=_PBOOL,
+    name=_STR,
+)
+_STRMAP = _T("smap", "map[string]string")
+_CREATE = _struct(
+    "CreateRequest",
+    model=_STR,
+    stream=_PBOOL,
+    quantize=_STR,
+    **{"from": _STR},
+    files=_STRMAP,
+    adapters=_STRMAP,
+    template=_STR,
+    license=_ANY,
+    system=_STR,
+    parameters=_MAP,
+    messages=_list(_MESSAGE),
+    renderer=_STR,
+    parser=_STR,
+    name=_STR,
+    quantization=_STR,
+)
 _DELETE = _struct("DeleteRequest", model=_STR, name=_STR)
 _COPY = _struct("CopyRequest", source=_STR, destination=_STR)
 
@@ -577,6 +624,11 @@ def _decode(v: Any, t: _T, where: str) -> Any:
         if not isinstance(v, _Obj):
             raise _type_error(v, t, where)
         return _plain(v)
+    if kind == "smap":
+        if not isinstance(v, _Obj):
+            raise _type_error(v, t, where)
+        # Go: a null element becomes "", any other non-string fails the whole request.
+        return {k: "" if x is None else _decode(x, _STR, where) for k, x in v}
     if kind == "duration":
         # api.Duration: seconds as a number, or a Go duration string; negative means forever.
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -799,6 +851,21 @@ def _rfc3339_local(dt: datetime) -> str:
     return f"{base}{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+_QUANT_TYPES = {"Q4_K_M": "Q4_K_M", "Q4_K_S": "Q4_K_S", "Q8_0": "Q8_0"}
+
+
+def _layer_digest(kind: str, name: str) -> str:
+    """A made-up but stable blob digest (64 hex) for one layer of a model."""
+    return hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()
+
+
+def _relative_path(path: str) -> bool:
+    """Go's fs.ValidPath, plus create's ban on backslashes and colons."""
+    if "\\" in path or ":" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 def _words(*texts: str) -> int:
     return max(1, sum(len(t.split()) for t in texts))
 
@@ -869,6 +936,41 @@ class _Call:
     counted: bool = False
 
 
+# One generated step: ("thinking", str) | ("content", str) | ("tool_calls", [call, ...]).
+_Piece = tuple[str, Any]
+
+
+@dataclass
+class _Whole:
+    """A non-stream answer: the pieces put together (empty for a stream's final line)."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+_CALL_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _tool_call_objects(knob: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `tool_calls` knob in Ollama's shape: {"id": "call_xxxxxxxx", "function": {"index",
+    "name", "arguments"}}. Items may be whole calls or bare {"name", "arguments"} functions."""
+    calls = []
+    for i, item in enumerate(knob):
+        fn = item["function"] if isinstance(item.get("function"), dict) else item
+        function: dict[str, Any] = {
+            "index": fn.get("index", i),
+            "name": fn.get("name", ""),
+            "arguments": fn.get("arguments", {}),
+        }
+        function.update({k: v for k, v in fn.items() if k not in function and k != "id"})
+        call_id = item.get("id") or "call_" + "".join(
+            secrets.choice(_CALL_ID_ALPHABET) for _ in range(8)
+        )
+        calls.append({"id": call_id, "function": function})
+    return calls
+
+
 # --------------------------------------------------------------------------------------------------
 # The stand-in
 
@@ -877,19 +979,32 @@ class OllamaStandIn:
     """An Ollama look-alike on 127.0.0.1, run in a daemon thread with its own event loop.
 
     Knobs (plain attributes; assign whole values from any thread):
-      models            installed models (default: llama2:latest, mistral:7b, nomic-embed-text)
+      models            installed models (default: llama2:latest, mistral:7b, nomic-embed-text,
+                        qwen3:latest -- the last one with the tools and thinking capabilities)
       reply(text)       token chunks for a prompt / the last user message (default: echo_reply)
-      chunk_delay       seconds between stream lines (and per chunk for non-stream answers)
+      tool_calls        None, or the calls a chat answers with when it offers `tools` to a model
+                        that has the tools capability: [{"name", "arguments"}] or whole
+                        [{"id"?, "function": {"index"?, "name", "arguments"}}]; id/index filled in
+      thinking          None, or the `thinking` fragments a thinking-capable model streams before
+                        its answer unless the request says think:false (None: DEFAULT_THOUGHT)
+      chunk_delay       seconds between stream lines (and per chunk for non-stream answers),
+                        also between pull/push/create progress lines
       first_byte_delay  seconds of "model load" before an inference answer's headers
-      fail              None | "before" | "midstream" | "hang" for generate/chat/embed(dings)
-      fail_after        chunks sent before the error line in "midstream" mode
+      fail              None | "before" | "midstream" | "hang" for generate/chat/embed(dings),
+                        and for push/create progress streams
+      fail_after        chunks (progress lines) sent before the error line in "midstream" mode
       tags_fail         /api/tags answers 500
       record            keep RecordedRequest entries in `requests` (switch off for long benchmarks)
     Observations: requests, cancelled, active, peak_active; reset() restores all of it.
+    Routes that reach ollama.com in a real server (/api/me, /api/signout, /api/user/keys/...,
+    /api/experimental/web_*, /api/push) answer as a signed-out server would, or pretend success;
+    they exist so a test can assert from `requests` that a gateway never forwarded them.
     """
 
     models: dict[str, ModelSpec]  # display name ("llama2:latest") -> spec
     reply: Callable[[str], list[str]]
+    tool_calls: list[dict[str, Any]] | None
+    thinking: list[str] | None
     chunk_delay: float
     first_byte_delay: float
     fail: str | None
@@ -1036,10 +1151,12 @@ class OllamaStandIn:
     # ---- knobs and observations ------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Knobs back to defaults, observations cleared, the default three models installed."""
+        """Knobs back to defaults, observations cleared, the default models installed."""
         with self._lock:
             self.models = _default_models()
             self.reply = echo_reply
+            self.tool_calls = None
+            self.thinking = None
             self.chunk_delay = 0.0
             self.first_byte_delay = 0.0
             self.fail = None
@@ -1137,8 +1254,15 @@ class OllamaStandIn:
             "/api/embed": {"POST": inference(self._embed)},
             "/api/embeddings": {"POST": inference(self._embeddings)},
             "/api/pull": {"POST": self._pull},
+            "/api/push": {"POST": self._push},
+            "/api/create": {"POST": self._create},
             "/api/delete": {"DELETE": self._delete},
             "/api/copy": {"POST": self._copy},
+            "/api/status": {"GET": self._status},
+            "/api/me": {"POST": self._me},
+            "/api/signout": {"POST": self._signout},
+            "/api/experimental/web_search": {"POST": self._unauthorized},
+            "/api/experimental/web_fetch": {"POST": self._unauthorized},
         }
 
     def _routes(self, path: str) -> dict[str, _Handler]:
@@ -1151,6 +1275,12 @@ class OllamaStandIn:
             and "/" not in path[len("/api/blobs/") :]
         ):
             return {"HEAD": self._head_blob, "POST": self._post_blob}
+        if (
+            path.startswith("/api/user/keys/")
+            and path[len("/api/user/keys/") :]
+            and "/" not in path[len("/api/user/keys/") :]
+        ):
+            return {"DELETE": self._signout}
         return {}
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -1250,6 +1380,20 @@ class OllamaStandIn:
 
     async def _version(self, request: web.Request, body: bytes) -> web.StreamResponse:
         return _json_response({"version": self.version})
+
+    # ---- ollama.com account and cloud routes (a signed-out server) -------------------------------
+
+    async def _status(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return _json_response({"cloud": {"disabled": False, "source": "default"}})
+
+    async def _me(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return _json_response({"error": "unauthorized", "signin_url": _SIGNIN_URL}, status=401)
+
+    async def _signout(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return _json_response({})
+
+    async def _unauthorized(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        return _json_response({"error": "unauthorized"}, status=401)
 
     async def _tags(self, request: web.Request, body: bytes) -> web.StreamResponse:
         if self.tags_fail:
@@ -1354,17 +1498,34 @@ class OllamaStandIn:
         if missing:
             raise _ApiError(400, f"{spec.parsed.full()} does not support " + "\n".join(missing))
 
-    def _chunks(self, text: str, options: dict[str, Any] | None) -> tuple[list[str], str]:
-        chunks = list(self.reply(text))
+    def _pieces(
+        self,
+        text: str,
+        options: dict[str, Any] | None,
+        *,
+        think: bool,
+        calls: list[dict[str, Any]] | None = None,
+    ) -> tuple[list[_Piece], str]:
+        """What the model "generates": thinking fragments, then tool calls or content tokens.
+
+        num_predict caps the whole sequence, thinking included, as it caps tokens in Ollama."""
+        pieces: list[_Piece] = []
+        if think:
+            thoughts = self.thinking
+            pieces += [("thinking", t) for t in (DEFAULT_THOUGHT if thoughts is None else thoughts)]
+        if calls:
+            pieces.append(("tool_calls", calls))
+        else:
+            pieces += [("content", c) for c in self.reply(text)]
         limit = (options or {}).get("num_predict")
         if (
             isinstance(limit, (int, float))
             and not isinstance(limit, bool)
             and limit > 0
-            and len(chunks) > limit
+            and len(pieces) > limit
         ):
-            return chunks[: int(limit)], "length"
-        return chunks, "stop"
+            return pieces[: int(limit)], "length"
+        return pieces, "stop"
 
     @staticmethod
     def _metrics(
@@ -1391,11 +1552,11 @@ class OllamaStandIn:
         call: _Call,
         *,
         stream: bool,
-        chunks: list[str],
+        pieces: list[_Piece],
         done_reason: str,
         prompt_count: int,
-        line: Callable[[str], dict[str, Any]],
-        final: Callable[[str, dict[str, Any]], dict[str, Any]],
+        line: Callable[[_Piece], dict[str, Any]],
+        final: Callable[[_Whole, dict[str, Any]], dict[str, Any]],
     ) -> web.StreamResponse:
         fail, fail_after, delay = self.fail, self.fail_after, self.chunk_delay
         if fail == "before" or (fail == "midstream" and (not stream or fail_after <= 0)):
@@ -1404,33 +1565,44 @@ class OllamaStandIn:
             raise _ApiError(500, FAIL_MESSAGE, ctype)
         eval_start = time.monotonic_ns()
         if not stream:
-            for _ in chunks:  # the whole generation still takes its time
+            for _ in pieces:  # the whole generation still takes its time
                 if delay > 0:
                     await asyncio.sleep(delay)
-            metrics = self._metrics(call, eval_start, prompt_count, len(chunks))
-            return _json_response(final("".join(chunks), {"done_reason": done_reason, **metrics}))
+            metrics = self._metrics(call, eval_start, prompt_count, len(pieces))
+            whole = _Whole(
+                content="".join(v for k, v in pieces if k == "content"),
+                thinking="".join(v for k, v in pieces if k == "thinking"),
+                tool_calls=[c for k, v in pieces if k == "tool_calls" for c in v],
+            )
+            return _json_response(final(whole, {"done_reason": done_reason, **metrics}))
 
         resp = web.StreamResponse(status=200)
         resp.headers["Content-Type"] = _NDJSON_CT
         try:
             await resp.prepare(request)
-            for i, chunk in enumerate(chunks):
+            for i, piece in enumerate(pieces):
                 if fail == "midstream" and i == fail_after:
                     break
                 if i and delay > 0:
                     await asyncio.sleep(delay)
-                await resp.write(_dumps(line(chunk)) + b"\n")
+                await resp.write(_dumps(line(piece)) + b"\n")
             if delay > 0:
                 await asyncio.sleep(delay)
             if fail == "midstream":
                 await resp.write(_dumps({"error": FAIL_MESSAGE}) + b"\n")
             else:
-                metrics = self._metrics(call, eval_start, prompt_count, len(chunks))
-                await resp.write(_dumps(final("", {"done_reason": done_reason, **metrics})) + b"\n")
+                metrics = self._metrics(call, eval_start, prompt_count, len(pieces))
+                tail = {"done_reason": done_reason, **metrics}
+                await resp.write(_dumps(final(_Whole(), tail)) + b"\n")
             await resp.write_eof()
         except ConnectionResetError:
             self._note_cancelled(call)
         return resp
+
+    @staticmethod
+    def _thinks(spec: ModelSpec, think: bool | str | None) -> bool:
+        # For a thinking-capable model an absent `think` means true.
+        return "thinking" in spec.capabilities and think is not False
 
     async def _generate(self, request: web.Request, body: bytes, call: _Call) -> web.StreamResponse:
         req = _parse_body(body, _GENERATE)
@@ -1472,28 +1644,36 @@ class OllamaStandIn:
                 }
             )
         _check_format(req["format"])
-        chunks, reason = self._chunks(prompt, req["options"])
+        pieces, reason = self._pieces(
+            prompt, req["options"], think=self._thinks(spec, req["think"])
+        )
         prompt_count = _words(prompt)
         raw = bool(req["raw"])
 
-        def line(chunk: str) -> dict[str, Any]:
-            return {
-                "model": model,
-                "created_at": _rfc3339_utc_now(),
-                "response": chunk,
-                "done": False,
-            }
-
-        def final(text: str, tail: dict[str, Any]) -> dict[str, Any]:
+        def line(piece: _Piece) -> dict[str, Any]:
+            kind, value = piece
             out: dict[str, Any] = {
                 "model": model,
                 "created_at": _rfc3339_utc_now(),
-                "response": text,
-                "done": True,
-                "done_reason": tail.pop("done_reason"),
+                "response": value if kind == "content" else "",
             }
+            if kind == "thinking":
+                out["thinking"] = value
+            out["done"] = False
+            return out
+
+        def final(whole: _Whole, tail: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "model": model,
+                "created_at": _rfc3339_utc_now(),
+                "response": whole.content,
+            }
+            if whole.thinking:
+                out["thinking"] = whole.thinking
+            out["done"] = True
+            out["done_reason"] = tail.pop("done_reason")
             if not raw:
-                out["context"] = list(range(1, prompt_count + len(chunks) + 1))
+                out["context"] = list(range(1, prompt_count + len(pieces) + 1))
             out.update(tail)
             return out
 
@@ -1501,7 +1681,7 @@ class OllamaStandIn:
             request,
             call,
             stream=req["stream"] is not False,
-            chunks=chunks,
+            pieces=pieces,
             done_reason=reason,
             prompt_count=prompt_count,
             line=line,
@@ -1546,22 +1726,39 @@ class OllamaStandIn:
         _check_format(req["format"])
         users = [m for m in messages if m["role"] == "user"]
         text = (users[-1] if users else messages[-1])["content"]
-        chunks, reason = self._chunks(text, req["options"])
+        knob = self.tool_calls
+        calls = _tool_call_objects(knob) if req["tools"] and knob else None
+        pieces, reason = self._pieces(
+            text, req["options"], think=self._thinks(spec, req["think"]), calls=calls
+        )
         prompt_count = _words(*(m["content"] for m in messages))
 
-        def line(chunk: str) -> dict[str, Any]:
+        def message(content: str, thinking: str, tool_calls: list[dict[str, Any]]) -> Any:
+            msg: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                msg["thinking"] = thinking
+            if tool_calls:
+                msg["tool_calls"] = tool_calls
+            return msg
+
+        def line(piece: _Piece) -> dict[str, Any]:
+            kind, value = piece
             return {
                 "model": model,
                 "created_at": _rfc3339_utc_now(),
-                "message": {"role": "assistant", "content": chunk},
+                "message": message(
+                    value if kind == "content" else "",
+                    value if kind == "thinking" else "",
+                    value if kind == "tool_calls" else [],
+                ),
                 "done": False,
             }
 
-        def final(text: str, tail: dict[str, Any]) -> dict[str, Any]:
+        def final(whole: _Whole, tail: dict[str, Any]) -> dict[str, Any]:
             return {
                 "model": model,
                 "created_at": _rfc3339_utc_now(),
-                "message": {"role": "assistant", "content": text},
+                "message": message(whole.content, whole.thinking, whole.tool_calls),
                 "done": True,
                 **tail,
             }
@@ -1570,7 +1767,7 @@ class OllamaStandIn:
             request,
             call,
             stream=req["stream"] is not False,
-            chunks=chunks,
+            pieces=pieces,
             done_reason=reason,
             prompt_count=prompt_count,
             line=line,
@@ -1598,16 +1795,26 @@ class OllamaStandIn:
         self._mark_loaded(spec, req["keep_alive"])
         if not inputs:
             return _json_response({"model": model, "embeddings": []})
+        # The "context length" here is EMBED_CONTEXT_WORDS words; truncate (default true) keeps
+        # the head of a longer input, truncate:false refuses it.
+        texts = []
+        for text in inputs:
+            words = text.split()
+            if len(words) > EMBED_CONTEXT_WORDS:
+                if req["truncate"] is False:
+                    raise _ApiError(400, "the input length exceeds the context length")
+                text = " ".join(words[:EMBED_CONTEXT_WORDS])
+            texts.append(text)
         if self.fail in ("before", "midstream"):
             raise _ApiError(500, FAIL_MESSAGE)
         dims = req["dimensions"]
         vectors = []
-        for text in inputs:
+        for text in texts:
             vec = _normalise(_vector(text))
             if 0 < dims < len(vec):
                 vec = _normalise(vec[:dims])
             vectors.append(vec)
-        prompt_count = sum(_words(t) for t in inputs)
+        prompt_count = sum(_words(t) for t in texts)
         metrics = self._metrics(call, time.monotonic_ns(), prompt_count, 0)
         return _json_response(
             {
@@ -1663,7 +1870,7 @@ class OllamaStandIn:
             if existing
             else (["embedding"] if embedding else ["completion"]),
         )
-        layer = hashlib.sha256(f"layer:{spec.name}".encode()).hexdigest()
+        layer = _layer_digest("layer", spec.name)
         progress: list[dict[str, Any]] = [
             {"status": "pulling manifest"},
             {"status": f"pulling {layer[:12]}", "digest": f"sha256:{layer}", "total": spec.size},
@@ -1676,28 +1883,221 @@ class OllamaStandIn:
             {"status": "verifying sha256 digest"},
             {"status": "writing manifest"},
         ]
-        delay = self.chunk_delay
+        return await self._progress(
+            request, progress, stream=req["stream"] is not False, commit=lambda: self._install(spec)
+        )
 
-        if req["stream"] is False:
-            for _ in progress:
+    async def _progress(
+        self,
+        request: web.Request,
+        steps: list[dict[str, Any]],
+        *,
+        stream: bool,
+        commit: Callable[[], None],
+        honour_fail: bool = False,
+    ) -> web.StreamResponse:
+        """A pull/push/create progress stream: `steps`, then commit() and {"status":"success"}.
+
+        With honour_fail, `fail` applies as for inference: "before" (500 before any output),
+        "hang" (no output until the client goes away), "midstream" (an error line after
+        `fail_after` lines; a 500 when not streaming). Errors that Ollama reports through its
+        progress channel carry a bare application/json Content-Type, as waitForStream and
+        streamResponse send it."""
+        fail = self.fail if honour_fail else None
+        fail_after, delay = self.fail_after, self.chunk_delay
+        if fail == "hang":
+            while True:  # until the client (or stop()) cancels this handler
+                await asyncio.sleep(3600)
+        if fail == "before" or (fail == "midstream" and fail_after <= 0):
+            raise _ApiError(500, FAIL_MESSAGE, "application/json")
+        if not stream:
+            for i, _ in enumerate(steps):
+                if fail == "midstream" and i == fail_after:
+                    raise _ApiError(500, FAIL_MESSAGE, "application/json")
                 if delay > 0:
                     await asyncio.sleep(delay)
-            self._install(spec)
+            if fail == "midstream":
+                raise _ApiError(500, FAIL_MESSAGE, "application/json")
+            commit()
             return _json_response({"status": "success"}, content_type="application/json")
         resp = web.StreamResponse(status=200)
         resp.headers["Content-Type"] = _NDJSON_CT
         try:
             await resp.prepare(request)
-            for i, item in enumerate(progress):
+            for i, item in enumerate(steps):
+                if fail == "midstream" and i == fail_after:
+                    break
                 if i and delay > 0:
                     await asyncio.sleep(delay)
                 await resp.write(_dumps(item) + b"\n")
-            self._install(spec)
-            await resp.write(_dumps({"status": "success"}) + b"\n")
+            if fail == "midstream":
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await resp.write(_dumps({"error": FAIL_MESSAGE}) + b"\n")
+            else:
+                commit()
+                await resp.write(_dumps({"status": "success"}) + b"\n")
             await resp.write_eof()
         except ConnectionResetError:
-            pass  # a cancelled pull simply stops, as in Ollama
+            pass  # a cancelled pull/push/create simply stops, as in Ollama
         return resp
+
+    async def _push(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        req = _parse_body(body, _PUSH)
+        raw = req["model"] or req["name"]
+        if not raw:
+            raise _ApiError(400, "model is required")
+        name = _parse_name(raw)
+        if not _name_valid(name):
+            raise _ApiError(400, "invalid model name")
+        spec = self._lookup(name)
+        if spec is None:
+            raise _ApiError(404, f"model '{raw}' not found")
+        layers = [
+            (_layer_digest("layer", spec.name), spec.size),
+            (_layer_digest("config", spec.name), 485),
+        ]
+        progress: list[dict[str, Any]] = [{"status": "retrieving manifest"}]
+        for digest, size in layers:
+            blob = {"digest": f"sha256:{digest}", "total": size}
+            pushing = f"pushing {digest[:12]}"
+            progress += [
+                {"status": "starting upload", **blob},
+                {"status": pushing, **blob},  # Go's omitempty drops completed: 0
+                {"status": pushing, **blob, "completed": size // 2},
+                {"status": pushing, **blob, "completed": size},
+            ]
+        progress.append({"status": "pushing manifest"})
+        return await self._progress(
+            request,
+            progress,
+            stream=req["stream"] is not False,
+            commit=lambda: None,
+            honour_fail=True,
+        )
+
+    def _missing_blob(self, files: dict[str, str]) -> _ApiError | None:
+        for path in sorted(files):
+            if path in ("", ".") or not _relative_path(path):
+                return _ApiError(400, f"file path must be relative: {path}")
+        for path in sorted(files):
+            digest = files[path]
+            if not re.fullmatch(r"sha256[:-][0-9a-f]{64}", digest):
+                return _ApiError(400, f"invalid digest for {path}: invalid digest format")
+            blob = digest.replace(":", "-")
+            if blob not in self._blobs:
+                return _ApiError(
+                    400,
+                    f"blob not found for {path} (digest {digest}): open "
+                    f"/root/.ollama/models/blobs/{blob}: no such file or directory",
+                )
+        return None
+
+    async def _create(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        req = _parse_body(body, _CREATE)
+        raw = req["model"] or req["name"]
+        if not raw:
+            raise _ApiError(400, "model is required")
+        files: dict[str, str] = req["files"] or {}
+        adapters: dict[str, str] = req["adapters"] or {}
+        name = _parse_name(raw)
+        if not _name_valid(name):
+            raise _ApiError(400, "invalid model name")
+        for group in (files, adapters):
+            bad = self._missing_blob(group)
+            if bad is not None:
+                raise bad
+        license_ = req["license"]
+        if not (
+            license_ is None
+            or isinstance(license_, str)
+            or (isinstance(license_, list) and all(isinstance(x, str) for x in license_))
+        ):
+            raise _ApiError(400, "license must be a string or a list of strings")
+        quantize: str = req["quantize"] or req["quantization"]
+        quant_level = ""
+        if quantize:
+            quant_level = _QUANT_TYPES.get(quantize.upper(), "")
+            if not quant_level:
+                raise _ApiError(400, f"unsupported quantization type {quantize}")
+
+        source: ModelSpec | None = None
+        layers: list[str] = []  # "using existing layer" digests
+        progress: list[dict[str, Any]] = []
+        if req["from"]:
+            src = _parse_name(req["from"])
+            if not _name_valid(src):
+                raise _ApiError(400, "invalid model name")
+            source = self._lookup(src)
+            if source is None:
+                raise _ApiError(404, f"model '{req['from']}' not found")
+            layers = [_layer_digest("layer", source.name), _layer_digest("template", source.name)]
+        elif req["files"] is not None:
+            if not files:
+                raise _ApiError(400, "no files provided to convert")
+            progress.append({"status": "parsing GGUF"})
+            layers = [files[path].replace("-", ":")[len("sha256:") :] for path in sorted(files)]
+        else:
+            raise _ApiError(400, "neither 'from' or 'files' was specified")
+        if adapters:
+            layers += [adapters[p].replace("-", ":")[len("sha256:") :] for p in sorted(adapters)]
+
+        base_quant = source.quantization_level if source is not None else "F16"
+        if quant_level and base_quant.upper() not in ("F16", "F32"):
+            raise _ApiError(400, "quantization is only supported for F16 and F32 models")
+
+        overrides: dict[str, Any] = {
+            key: req[key]
+            for key in ("template", "system", "license", "parameters", "messages")
+            if req[key]
+        }
+        if quant_level:
+            progress.append({"status": f"quantizing {base_quant} model to {quant_level}"})
+            fresh = [_layer_digest(f"quantized:{quant_level}", layers[0])]
+            layers = layers[1:]
+        else:
+            fresh = []
+        progress += [{"status": f"using existing layer sha256:{d}"} for d in layers]
+        fresh += [hashlib.sha256(_dumps(overrides[k])).hexdigest() for k in overrides]
+        progress += [{"status": f"creating new layer sha256:{d}"} for d in fresh]
+        progress.append({"status": "writing manifest"})
+
+        existing = self._lookup(name)
+        display = existing.name if existing is not None else name.display()
+        if source is not None:
+            # A manifest that changes nothing is the same manifest, so the digest stays.
+            digest = (
+                hashlib.sha256(_dumps([source.digest, quant_level, overrides])).hexdigest()
+                if fresh
+                else source.digest
+            )
+            spec = ModelSpec(
+                display,
+                digest=digest,
+                size=source.size,
+                family=source.family,
+                families=list(source.families or []),
+                parameter_size=source.parameter_size,
+                quantization_level=quant_level or source.quantization_level,
+                capabilities=list(source.capabilities),
+                format=source.format,
+                context_length=source.context_length,
+            )
+        else:
+            size = sum(self._blobs[d.replace(":", "-")] for d in files.values())
+            spec = ModelSpec(
+                display,
+                digest=hashlib.sha256(_dumps([sorted(files.items()), overrides])).hexdigest(),
+                size=size or 1,
+                quantization_level=quant_level or "F16",
+            )
+        return await self._progress(
+            request,
+            progress,
+            stream=req["stream"] is not False,
+            commit=lambda: self._install(spec),
+            honour_fail=True,
+        )
 
     async def _delete(self, request: web.Request, body: bytes) -> web.StreamResponse:
         req = _parse_body(body, _DELETE)

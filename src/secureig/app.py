@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from secureig import __version__
 from secureig.config import Settings
-from secureig.policy import BOOTSTRAP_KEY, BootstrapPolicy, Gatekeeper, Keyring
+from secureig.policy import BOOTSTRAP_KEY, BootstrapPolicy, ClampPolicy, Gatekeeper, Keyring
 from secureig.store import KeyStore, create_engine, describe, migrate
 from secureig.surfaces._asgi import (
     EXCHANGE,
@@ -28,6 +28,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
 )
+from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.ops import ops_router
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
@@ -90,7 +91,9 @@ class Gateway:
             max_connections=settings.upstream_max_connections,
         )
         self.catalog = ModelCatalog(self.client, settings.discovery_interval)
-        self.gatekeeper = Gatekeeper(self.keyring, self.catalog)
+        self.gatekeeper = Gatekeeper(
+            self.keyring, self.catalog, ClampPolicy(max_keep_alive=settings.max_keep_alive)
+        )
         self.draining = False
 
     async def start(self) -> None:
@@ -219,10 +222,26 @@ def _api(gateway: Gateway) -> FastAPI:
 class GatewayApp:
     """The ASGI entry point: lifespan, request ids, the access log, and dispatch by path."""
 
-    def __init__(self, gateway: Gateway, routes: dict[str, ASGIApp], fallback: ASGIApp) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        routes: dict[str, ASGIApp],
+        prefixes: dict[str, ASGIApp],
+        fallback: ASGIApp,
+    ) -> None:
         self.gateway = gateway
         self._routes = routes
+        self._prefixes = tuple(prefixes.items())
         self._fallback = fallback
+
+    def _route(self, path: str) -> ASGIApp:
+        app = self._routes.get(path)
+        if app is not None:
+            return app
+        for prefix, prefixed in self._prefixes:
+            if path.startswith(prefix):
+                return prefixed
+        return self._fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -247,7 +266,7 @@ class GatewayApp:
                 ]
             await send(message)
 
-        app = self._routes.get(scope["path"], self._fallback)
+        app = self._route(scope["path"])
         try:
             await app(scope, receive, send_with_id)
         finally:
@@ -291,7 +310,15 @@ class GatewayApp:
 def create_app(settings: Settings) -> GatewayApp:
     gateway = Gateway(settings)
     seed = SeedSurface(gateway.gatekeeper, gateway.client, settings.max_body_bytes)
-    return GatewayApp(gateway, {"/request": seed}, _api(gateway))
+    ollama = OllamaSurface(
+        gateway.gatekeeper, gateway.client, settings.max_body_bytes, settings.max_blob_bytes
+    )
+    return GatewayApp(
+        gateway,
+        routes={"/request": seed, "/api": ollama},
+        prefixes={"/api/": ollama},
+        fallback=_api(gateway),
+    )
 
 
 def app_factory() -> GatewayApp:

@@ -23,7 +23,10 @@ from secureig.config import ConfigFileError, Settings, load_settings
 from secureig.credentials import Scope, parse_scopes
 from secureig.names import InvalidModelName
 from secureig.store import (
+    UNCHANGED,
     DatabaseURLError,
+    KeyLimits,
+    KeyNotFound,
     KeyRecord,
     KeyStore,
     KeyStoreError,
@@ -73,6 +76,53 @@ OllamaOption = Annotated[
         metavar="URL",
         help="Ollama base URL [env: SECUREIG_OLLAMA_URL; default http://127.0.0.1:11434].",
         show_default=False,
+    ),
+]
+
+
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        metavar="SCOPE",
+        help="inference, manage or admin; repeat for several [default: inference].",
+    ),
+]
+ModelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--models",
+        metavar="PATTERN",
+        help="Model name or glob the key may use (llama2, llama*);"
+        " repeat for several [default: every model].",
+    ),
+]
+ExpiresOption = Annotated[
+    str | None,
+    typer.Option(
+        "--expires-in",
+        metavar="DURATION",
+        help="Lifetime from now: 90s, 45m, 12h, 30d, or 'never' [default: never].",
+    ),
+]
+MaxNumCtxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-num-ctx",
+        metavar="N",
+        min=0,
+        help="Largest context (options.num_ctx) the key may ask for; 0 for no maximum."
+        " Without one, non-admin keys cannot set num_ctx.",
+    ),
+]
+MaxNumPredictOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-num-predict",
+        metavar="N",
+        min=0,
+        help="Most tokens one answer may generate (options.num_predict, max_tokens);"
+        " 0 for no maximum.",
     ),
 ]
 
@@ -259,6 +309,31 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _scopes(values: list[str]) -> frozenset[Scope]:
+    try:
+        return parse_scopes(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from None
+
+
+def _expiry(text: str) -> datetime | None:
+    if text.strip().lower() == "never":
+        return None
+    return datetime.now(UTC) + parse_duration(text)
+
+
+def _limits(current: KeyLimits, max_num_ctx: int | None, max_num_predict: int | None) -> KeyLimits:
+    """The key's limits with what the flags changed; 0 clears a maximum."""
+
+    def pick(flag: int | None, old: int | None) -> int | None:
+        return old if flag is None else (flag or None)
+
+    return KeyLimits(
+        max_num_ctx=pick(max_num_ctx, current.max_num_ctx),
+        max_num_predict=pick(max_num_predict, current.max_num_predict),
+    )
+
+
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
@@ -266,7 +341,10 @@ def _when(value: datetime | None) -> str:
 def _describe_key(record: KeyRecord) -> str:
     scopes = ",".join(sorted(s.value for s in record.scopes))
     expires = _when(record.expires_at) if record.expires_at else "never"
-    return f"scopes: {scopes}; models: {', '.join(record.models)}; expires: {expires}"
+    return (
+        f"scopes: {scopes}; models: {', '.join(record.models)}; expires: {expires};"
+        f" clamps: {record.limits.describe()}"
+    )
 
 
 @keys_app.command("create")
@@ -274,44 +352,22 @@ def keys_create(
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="A name for the key: who or what uses it.")
     ],
-    scope: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--scope",
-            metavar="SCOPE",
-            help="inference, manage or admin; repeat for several [default: inference].",
-        ),
-    ] = None,
-    models: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--models",
-            metavar="PATTERN",
-            help="Model name or glob the key may use (llama2, llama*);"
-            " repeat for several [default: every model].",
-        ),
-    ] = None,
-    expires_in: Annotated[
-        str | None,
-        typer.Option(
-            "--expires-in",
-            metavar="DURATION",
-            help="Lifetime: 90s, 45m, 12h, 30d [default: never].",
-        ),
-    ] = None,
+    scope: ScopeOption = None,
+    models: ModelsOption = None,
+    expires_in: ExpiresOption = None,
+    max_num_ctx: MaxNumCtxOption = None,
+    max_num_predict: MaxNumPredictOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Create a key; it is printed once, alone on standard output."""
     settings = settings_from(config=config, database_url=database_url)
-    try:
-        scopes = parse_scopes(scope or [Scope.INFERENCE.value])
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--scope") from None
-    expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+    scopes = _scopes(scope or [Scope.INFERENCE.value])
+    expires_at = _expiry(expires_in) if expires_in else None
+    limits = _limits(KeyLimits(), max_num_ctx, max_num_predict)
 
     async def create(store: KeyStore) -> tuple[KeyRecord, str]:
-        return await store.create(name, scopes, models or [], expires_at)
+        return await store.create(name, scopes, models or [], expires_at, limits)
 
     record, secret = with_store(settings, create)
     say(
@@ -320,6 +376,38 @@ def keys_create(
     )
     say("The key is shown only now; store it safely.")
     typer.echo(secret)
+
+
+@keys_app.command("update")
+def keys_update(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
+    scope: ScopeOption = None,
+    models: ModelsOption = None,
+    expires_in: ExpiresOption = None,
+    max_num_ctx: MaxNumCtxOption = None,
+    max_num_predict: MaxNumPredictOption = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Change what a key may do; its secret stays. Options not given are left as they are."""
+    settings = settings_from(config=config, database_url=database_url)
+    scopes = _scopes(scope) if scope else None
+    expires_at = _expiry(expires_in) if expires_in else UNCHANGED
+
+    async def update(store: KeyStore) -> KeyRecord:
+        current = next((r for r in await store.list() if r.name == name), None)
+        if current is None:
+            raise KeyNotFound(f"no live key named {name!r}")
+        limits = _limits(current.limits, max_num_ctx, max_num_predict)
+        return await store.update(
+            name, scopes=scopes, models=models or None, expires_at=expires_at, limits=limits
+        )
+
+    record = with_store(settings, update)
+    say(
+        f"Updated key {record.name!r} ({_describe_key(record)}). Running servers apply it within"
+        " 2 seconds."
+    )
 
 
 @keys_app.command("list")
@@ -338,7 +426,9 @@ def keys_list(
     if not records:
         say(f"No keys in {describe(settings.database_url)}. Create one: secureig keys create NAME")
         return
-    rows = [("NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS")]
+    rows = [
+        ("NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS", "CLAMPS")
+    ]
     for r in records:
         rows.append(
             (
@@ -350,6 +440,7 @@ def keys_list(
                 _when(r.expires_at) if r.expires_at else "never",
                 _when(r.last_used_at),
                 r.status,
+                r.limits.describe(),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

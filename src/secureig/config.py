@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=10 * MIB, gt=0, description="Largest request body accepted, in bytes."
     )
+    max_blob_bytes: int = Field(
+        default=256 * 1024 * MIB,
+        gt=0,
+        description="Largest blob upload (POST /api/blobs), streamed through, in bytes.",
+    )
+    max_keep_alive: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Longest keep_alive a non-admin key may ask for, in seconds.",
+    )
     upstream_connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to open a connection to the upstream."
     )

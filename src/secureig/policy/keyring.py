@@ -51,6 +51,8 @@ def _principal(record: KeyRecord) -> Principal:
         patterns=record.models,
         key_id=record.id,
         expires_at=record.expires_at.timestamp() if record.expires_at else None,
+        max_num_ctx=record.max_num_ctx,
+        max_num_predict=record.max_num_predict,
     )
 
 

@@ -15,12 +15,18 @@ class Principal:
     patterns: tuple[str, ...]
     key_id: int | None = None  # None for the bootstrap key, which lives in no store
     expires_at: float | None = None  # unix seconds
+    max_num_ctx: int | None = None
+    max_num_predict: int | None = None
 
-    def has_scope(self, scope: Scope) -> bool:
-        return scope in self.scopes or Scope.ADMIN in self.scopes
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN in self.scopes
+
+    def has_any_scope(self, scopes: frozenset[Scope]) -> bool:
+        return self.is_admin or not self.scopes.isdisjoint(scopes)
 
     def allows_model(self, key: str) -> bool:
-        return Scope.ADMIN in self.scopes or pattern_allows(self.patterns, key)
+        return self.is_admin or pattern_allows(self.patterns, key)
 
 
 BOOTSTRAP = Principal(name="bootstrap", scopes=frozenset({Scope.ADMIN}), patterns=("*",))

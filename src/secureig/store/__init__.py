@@ -2,7 +2,9 @@
 
 from secureig.store.database import DatabaseURLError, create_engine, describe, migrate
 from secureig.store.keystore import (
+    UNCHANGED,
     KeyExists,
+    KeyLimits,
     KeyNotFound,
     KeyRecord,
     KeyStore,
@@ -10,8 +12,10 @@ from secureig.store.keystore import (
 )
 
 __all__ = [
+    "UNCHANGED",
     "DatabaseURLError",
     "KeyExists",
+    "KeyLimits",
     "KeyNotFound",
     "KeyRecord",
     "KeyStore",

@@ -36,6 +36,27 @@ class KeyNotFound(KeyStoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What a key may ask for; None is "no maximum of its own"."""
+
+    max_num_ctx: int | None = None
+    max_num_predict: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_ctx", "max_num_predict"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise KeyStoreError(f"{name} must be a positive number")
+
+    def describe(self) -> str:
+        parts = [f"{name} {value}" for name, value in self._pairs() if value is not None]
+        return ", ".join(parts) or "none"
+
+    def _pairs(self) -> list[tuple[str, int | None]]:
+        return [("max_num_ctx", self.max_num_ctx), ("max_num_predict", self.max_num_predict)]
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     id: int
     name: str
@@ -48,6 +69,15 @@ class KeyRecord:
     revoked_at: datetime | None
     rotated_at: datetime | None
     last_used_at: datetime | None
+    limits: KeyLimits = KeyLimits()
+
+    @property
+    def max_num_ctx(self) -> int | None:
+        return self.limits.max_num_ctx
+
+    @property
+    def max_num_predict(self) -> int | None:
+        return self.limits.max_num_predict
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -83,7 +113,23 @@ def _record(row: ApiKey) -> KeyRecord:
         revoked_at=_utc(row.revoked_at),
         rotated_at=_utc(row.rotated_at),
         last_used_at=_utc(row.last_used_at),
+        limits=KeyLimits(max_num_ctx=row.max_num_ctx, max_num_predict=row.max_num_predict),
     )
+
+
+class Unchanged:
+    """Marks an update argument that leaves its field alone where None would clear it."""
+
+
+UNCHANGED = Unchanged()
+
+
+def _scope_text(scopes: Iterable[Scope]) -> str:
+    return " ".join(sorted(s.value for s in frozenset(scopes) or {Scope.INFERENCE}))
+
+
+def _patterns(models: Iterable[str]) -> list[str]:
+    return sorted({normalize_pattern(m) for m in models}) or ["*"]
 
 
 def validate_name(name: str) -> str:
@@ -112,20 +158,23 @@ class KeyStore:
         scopes: Iterable[Scope],
         models: Iterable[str],
         expires_at: datetime | None = None,
+        limits: KeyLimits | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it with its secret, which is not kept anywhere."""
         validate_name(name)
-        scope_set = frozenset(scopes) or frozenset({Scope.INFERENCE})
-        patterns = sorted({normalize_pattern(m) for m in models}) or ["*"]
+        patterns = _patterns(models)
+        limits = limits or KeyLimits()
         secret = generate_key()
         row = ApiKey(
             name=name,
             prefix=visible_prefix(secret),
             digest=key_digest(secret),
-            scopes=" ".join(sorted(s.value for s in scope_set)),
+            scopes=_scope_text(scopes),
             models=json.dumps(patterns),
             created_at=datetime.now(UTC),
             expires_at=expires_at,
+            max_num_ctx=limits.max_num_ctx,
+            max_num_predict=limits.max_num_predict,
         )
         try:
             async with self._sessions.begin() as session:
@@ -142,6 +191,32 @@ class KeyStore:
         if row is None:
             raise KeyNotFound(f"no live key named {name!r}")
         return row
+
+    async def update(
+        self,
+        name: str,
+        *,
+        scopes: Iterable[Scope] | None = None,
+        models: Iterable[str] | None = None,
+        expires_at: datetime | Unchanged | None = UNCHANGED,
+        limits: KeyLimits | None = None,
+    ) -> KeyRecord:
+        """Change what a live key may do; the secret stays. None (or UNCHANGED) leaves a field."""
+        async with self._sessions.begin() as session:
+            row = await self._live(session, name)
+            if scopes is not None:
+                row.scopes = " ".join(
+                    sorted(s.value for s in frozenset(scopes) or {Scope.INFERENCE})
+                )
+            if models is not None:
+                row.models = json.dumps(_patterns(models))
+            if not isinstance(expires_at, Unchanged):
+                row.expires_at = expires_at
+            if limits is not None:
+                row.max_num_ctx = limits.max_num_ctx
+                row.max_num_predict = limits.max_num_predict
+            await self._bump(session)
+        return _record(row)
 
     async def revoke(self, name: str) -> KeyRecord:
         async with self._sessions.begin() as session:

@@ -27,6 +27,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    max_num_ctx: Mapped[int | None] = mapped_column(Integer)
+    max_num_predict: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         # A name belongs to one live key; revoked keys keep theirs for the record.

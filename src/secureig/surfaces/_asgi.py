@@ -7,6 +7,7 @@ machinery costs more than everything the gateway decides (see DESIGN.md, "Hot pa
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXCHANGE = "secureig.exchange"
+JSON = b"application/json; charset=utf-8"
 
 
 class BodyTooLarge(Exception):
@@ -121,6 +123,16 @@ async def respond(
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def json_bytes(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def respond_json(
+    send: Send, status: int, value: object, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await respond(send, status, json_bytes(value), JSON, extra)
 
 
 def watch_disconnect(receive: Receive) -> asyncio.Task[None]:

@@ -17,7 +17,9 @@ from secureig.policy import (
     Forbidden,
     Gatekeeper,
     InvalidModel,
+    InvalidRequest,
     ModelNotFound,
+    NoModels,
     Operation,
     Refusal,
     Unauthenticated,
@@ -72,10 +74,12 @@ def _refusal_error(refusal: Refusal) -> SeedError:
         return SeedError(403, f"Unauthorized access: {refusal.message}")
     if isinstance(refusal, Forbidden):
         return SeedError(403, f"Forbidden: {refusal.message}")
-    if isinstance(refusal, UpstreamDown):
+    if isinstance(refusal, UpstreamDown | NoModels):
         return SeedError(403, refusal.message[:1].upper() + refusal.message[1:])
     if isinstance(refusal, ModelNotFound | InvalidModel):
         return SeedError(403, f"Model not available: {refusal.message}")
+    if isinstance(refusal, InvalidRequest):
+        return SeedError(422, f"Invalid request body: {refusal.message}")
     return SeedError(403, refusal.message)
 
 
@@ -134,9 +138,10 @@ class SeedSurface:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         try:
-            # The key is checked before the body is read: a stranger's upload costs nothing.
+            # Key and scope are checked before the body is read: a stranger's upload costs nothing.
             principal = self._gate.authenticate(api_key(scope))
             ex.key_name = principal.name
+            self._gate.check_scope(principal, Operation.GENERATE)
             body = await read_body(scope, receive, self._limit)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
@@ -146,18 +151,19 @@ class SeedSurface:
             ) from None
         seed = parse(body)
         ex.model = seed.model
-        try:
-            name = self._gate.authorize(principal, Operation.GENERATE, seed.model)
-            entry = await self._gate.locate(name, seed.model)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
         upstream_body: dict[str, Any] = {
-            "model": entry.name,
+            "model": seed.model,
             "prompt": seed.request,
             "stream": True,
         }
         if seed.options:
             upstream_body["options"] = seed.options
+        try:
+            admission = await self._gate.admit(principal, Operation.GENERATE, upstream_body)
+        except Refusal as refusal:
+            raise _refusal_error(refusal) from None
+        assert admission.upstream is not None
+        upstream_body["model"] = admission.upstream.name
 
         watcher = watch_disconnect(receive)
         started = time.perf_counter()

@@ -4,6 +4,7 @@ from secureig.upstream.discovery import CatalogState, ModelCatalog
 from secureig.upstream.ollama import (
     NDJSONStream,
     OllamaClient,
+    RawResponse,
     TagEntry,
     Timeouts,
     UpstreamError,
@@ -18,6 +19,7 @@ __all__ = [
     "ModelCatalog",
     "NDJSONStream",
     "OllamaClient",
+    "RawResponse",
     "TagEntry",
     "Timeouts",
     "UpstreamError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,32 @@ class TagEntry:
     size: int
     modified_at: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class RawResponse:
+    """An open upstream answer, passed through as bytes."""
+
+    def __init__(self, response: aiohttp.ClientResponse, waited: float) -> None:
+        self.response = response
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "")
+        self.waited = waited  # seconds until the upstream's response headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; a broken connection raises UpstreamStreamError."""
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamStreamError(f"upstream connection broke off: {_reason(exc)}") from None
+        except TimeoutError:
+            raise UpstreamTimeout("upstream stopped sending before it finished") from None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def error_message(self) -> str:
+        return await _error_message(self.response)
 
 
 class NDJSONStream:
@@ -191,21 +217,14 @@ class OllamaClient:
         return self._session
 
     @asynccontextmanager
-    async def stream(
-        self, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[tuple[NDJSONStream, float]]:
-        """POST `body` and yield the open answer and the seconds the upstream took to answer.
-
-        An error status raises UpstreamStatusError before anything is yielded.
-        """
+    async def request(
+        self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None = None
+    ) -> AsyncIterator[RawResponse]:
+        """Send a request and yield the open answer, whatever its status."""
         started = time.perf_counter()
-        payload = json.dumps(body, ensure_ascii=False).encode()
         try:
-            async with self._http.post(self.base_url + path, data=payload) as response:
-                elapsed = time.perf_counter() - started
-                if response.status >= 400:
-                    raise UpstreamStatusError(response.status, await _error_message(response))
-                yield NDJSONStream(response, self._max_line), elapsed
+            async with self._http.request(method, self.base_url + path, data=body) as response:
+                yield RawResponse(response, time.perf_counter() - started)
         except TimeoutError:
             raise UpstreamTimeout("upstream did not answer in time") from None
         except aiohttp.ClientConnectorError as exc:
@@ -214,6 +233,20 @@ class OllamaClient:
             raise UpstreamUnavailable("upstream closed the connection") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"upstream failed: {_reason(exc)}") from None
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[tuple[NDJSONStream, float]]:
+        """POST `body` and yield its NDJSON answer and the seconds the upstream took to answer.
+
+        An error status raises UpstreamStatusError before anything is yielded.
+        """
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        async with self.request("POST", path, payload) as raw:
+            if raw.status >= 400:
+                raise UpstreamStatusError(raw.status, await raw.error_message())
+            yield NDJSONStream(raw.response, self._max_line), raw.waited
 
     async def tags(self) -> list[TagEntry]:
         """The models the upstream serves, as `/api/tags` lists them."""

@@ -1,0 +1,43 @@
+"""Translations between client-facing API shapes and the native Ollama API."""
+
+from secureig.translate.openai import (
+    SSE_DONE,
+    ChatPlan,
+    ChatStream,
+    CompletionPlan,
+    CompletionStream,
+    EmbeddingsPlan,
+    TranslationError,
+    chat_request,
+    chat_response,
+    completion_request,
+    completion_response,
+    embeddings_request,
+    embeddings_response,
+    error_body,
+    model_object,
+    models_list,
+    new_id,
+    sse,
+)
+
+__all__ = [
+    "SSE_DONE",
+    "ChatPlan",
+    "ChatStream",
+    "CompletionPlan",
+    "CompletionStream",
+    "EmbeddingsPlan",
+    "TranslationError",
+    "chat_request",
+    "chat_response",
+    "completion_request",
+    "completion_response",
+    "embeddings_request",
+    "embeddings_response",
+    "error_body",
+    "model_object",
+    "models_list",
+    "new_id",
+    "sse",
+]
