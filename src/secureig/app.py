@@ -29,6 +29,7 @@ from secureig.surfaces._asgi import (
     Send,
 )
 from secureig.surfaces.ollama import OllamaSurface
+from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import ops_router
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
@@ -313,10 +314,11 @@ def create_app(settings: Settings) -> GatewayApp:
     ollama = OllamaSurface(
         gateway.gatekeeper, gateway.client, settings.max_body_bytes, settings.max_blob_bytes
     )
+    openai = OpenAISurface(gateway.gatekeeper, gateway.client, settings.max_body_bytes)
     return GatewayApp(
         gateway,
-        routes={"/request": seed, "/api": ollama},
-        prefixes={"/api/": ollama},
+        routes={"/request": seed, "/api": ollama, "/v1": openai},
+        prefixes={"/api/": ollama, "/v1/": openai},
         fallback=_api(gateway),
     )
 
