@@ -27,6 +27,7 @@ from aiohttp import web
 __all__ = ["FAIL_MESSAGE", "Headers", "ModelSpec", "OllamaStandIn", "RecordedRequest", "echo_reply"]
 
 FAIL_MESSAGE = "an error was encountered while running the model"
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 DEFAULT_VERSION = "0.12.0"
 DEFAULT_THOUGHT = ["Let me think."]
 EMBED_CONTEXT_WORDS = 100  # words an embedding input may have before truncation applies
@@ -991,7 +992,8 @@ class OllamaStandIn:
                         also between pull/push/create progress lines
       first_byte_delay  seconds of "model load" before an inference answer's headers
       fail              None | "before" | "midstream" | "hang" for generate/chat/embed(dings),
-                        and for push/create progress streams
+                        and for push/create progress streams; "busy" (503, queue full) and
+                        "rate-limited" (429) for generate/chat
       fail_after        chunks (progress lines) sent before the error line in "midstream" mode
       tags_fail         /api/tags answers 500
       record            keep RecordedRequest entries in `requests` (switch off for long benchmarks)
@@ -1559,6 +1561,11 @@ class OllamaStandIn:
         final: Callable[[_Whole, dict[str, Any]], dict[str, Any]],
     ) -> web.StreamResponse:
         fail, fail_after, delay = self.fail, self.fail_after, self.chunk_delay
+        if fail == "busy":
+            raise _ApiError(503, BUSY_MESSAGE)
+        if fail == "rate-limited":
+            # What Ollama answers when ollama.com rate-limits a cloud model it proxies.
+            raise _ApiError(429, "too many requests")
         if fail == "before" or (fail == "midstream" and (not stream or fail_after <= 0)):
             # Ollama's stream path switches to a bare application/json error before the first write.
             ctype = "application/json" if stream else _JSON_CT
