@@ -341,3 +341,25 @@ def test_server_timing_on_native_answers(shared: Deployment, keys: dict[str, str
     assert timing.startswith("gateway;dur=") and ", upstream;dur=" in timing
     version = httpx.get(_url(shared) + "/api/version", headers=_h(keys["llama"]))
     assert version.json() == {"version": "0.12.0"}
+
+
+def test_management_checks_every_model_named(shared: Deployment) -> None:
+    narrow = shared.cli.create_key("narrow-ops", "--scope", "manage", "--models", "team/*")
+    url = _url(shared)
+    assert wait_until(
+        lambda: httpx.get(url + "/api/version", headers=_h(narrow)).status_code == 200, timeout=3
+    )
+    cases = [
+        ("POST", "/api/pull", {"model": "llama2"}),
+        ("POST", "/api/pull", {"name": "llama2"}),  # the legacy field is checked too
+        ("POST", "/api/create", {"model": "team/x", "from": "llama2"}),
+        ("POST", "/api/create", {"name": "llama2", "from": "team/x"}),
+        ("POST", "/api/copy", {"source": "llama2", "destination": "team/llama2"}),
+        ("POST", "/api/copy", {"source": "team/x", "destination": "llama2"}),
+        ("DELETE", "/api/delete", {"model": "llama2"}),
+        ("POST", "/api/push", {"model": "llama2"}),
+    ]
+    for method, path, body in cases:
+        response = httpx.request(method, url + path, json=body, headers=_h(narrow))
+        assert response.status_code == 403, (path, body, response.text)
+        assert "may not use model 'llama2'" in response.json()["error"]

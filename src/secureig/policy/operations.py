@@ -66,7 +66,7 @@ SPECS: dict[Operation, OperationSpec] = {
     Operation.PULL: OperationSpec(_MANAGE, _MODEL_OR_NAME, mutates=True),
     Operation.PUSH: OperationSpec(_MANAGE, _MODEL_OR_NAME),
     Operation.CREATE: OperationSpec(
-        _MANAGE, (ModelField(("model",)), ModelField(("from",), required=False)), mutates=True
+        _MANAGE, (_MODEL_OR_NAME[0], ModelField(("from",), required=False)), mutates=True
     ),
     Operation.COPY: OperationSpec(
         _MANAGE, (ModelField(("source",)), ModelField(("destination",))), mutates=True

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,9 +136,10 @@ async def respond_json(
     await respond(send, status, json_bytes(value), JSON, extra)
 
 
-def watch_disconnect(receive: Receive) -> asyncio.Task[None]:
-    """Cancel the current task when the client goes away, so the upstream request is dropped
-    at once rather than generating for nobody. Cancel the returned task when done."""
+@asynccontextmanager
+async def cancel_on_disconnect(receive: Receive, exchange: Exchange) -> AsyncIterator[None]:
+    """Run the block, cancelling it if the client goes away, so the upstream request is dropped at
+    once rather than generating for nobody. That cancellation ends the block quietly."""
     current = asyncio.current_task()
     assert current is not None
 
@@ -148,4 +150,13 @@ def watch_disconnect(receive: Receive) -> asyncio.Task[None]:
                 current.cancel()
                 return
 
-    return asyncio.create_task(watch())
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not (watcher.done() and not watcher.cancelled()):
+            raise
+        current.uncancel()
+        exchange.status, exchange.outcome = 499, "client-disconnected"
+    finally:
+        watcher.cancel()

@@ -27,6 +27,7 @@ from secureig.policy import (
     UpstreamDown,
 )
 from secureig.surfaces._asgi import (
+    JSON,
     BodyTooLarge,
     ClientGone,
     Exchange,
@@ -34,13 +35,13 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
+    cancel_on_disconnect,
     exchange_of,
     header,
     json_bytes,
     read_body,
     respond,
     respond_json,
-    watch_disconnect,
 )
 from secureig.upstream import (
     OllamaClient,
@@ -232,7 +233,7 @@ class OllamaSurface:
                     502, "upstream sent a model list the gateway cannot read"
                 ) from None
             body = json_bytes(listing)
-        await respond(send, 200, b"" if head else body, b"application/json; charset=utf-8")
+        await respond(send, 200, b"" if head else body, JSON)
 
     async def _forward(
         self,
@@ -243,33 +244,22 @@ class OllamaSurface:
         path: str,
         payload: bytes | None,
     ) -> None:
-        watcher = watch_disconnect(receive) if method != "HEAD" else None
         started = time.perf_counter()
-        try:
-            async with self._client.request(method, path, payload) as raw:
-                ex.upstream_seconds = raw.waited
-                if raw.status >= 400:
-                    raise NativeError(raw.status, await raw.error_message())
-                if raw.content_type.startswith("application/x-ndjson"):
-                    await self._stream(raw, send, ex, started)
-                else:
-                    body = b"" if method == "HEAD" else await raw.read()
-                    ex.upstream_seconds = time.perf_counter() - started
-                    content_type = raw.content_type.encode() or b"application/json; charset=utf-8"
-                    await respond(send, raw.status, body, content_type)
-        except asyncio.CancelledError:
-            if watcher is not None and watcher.done() and not watcher.cancelled():
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                ex.status, ex.outcome = 499, "client-disconnected"
-                return
-            raise
-        except UpstreamError as exc:
-            raise _upstream_error(exc) from None
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+        async with cancel_on_disconnect(receive, ex):
+            try:
+                async with self._client.request(method, path, payload) as raw:
+                    ex.upstream_seconds = raw.waited
+                    if raw.status >= 400:
+                        raise NativeError(raw.status, await raw.error_message())
+                    if raw.content_type.startswith("application/x-ndjson"):
+                        await self._stream(raw, send, ex, started)
+                    else:
+                        body = b"" if method == "HEAD" else await raw.read()
+                        ex.upstream_seconds = time.perf_counter() - started
+                        content_type = raw.content_type.encode() or JSON
+                        await respond(send, raw.status, body, content_type)
+            except UpstreamError as exc:
+                raise _upstream_error(exc) from None
 
     async def _stream(self, raw: RawResponse, send: Send, ex: Exchange, started: float) -> None:
         """Forward whole NDJSON lines as they arrive; a failure becomes a last `{"error"}` line."""

@@ -7,7 +7,6 @@ a stream that fails midway ends with `data: {"error": ...}` and no `[DONE]`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -31,10 +30,10 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
+    cancel_on_disconnect,
     exchange_of,
     read_body,
     respond_json,
-    watch_disconnect,
 )
 from secureig.translate import (
     SSE_DONE,
@@ -224,30 +223,20 @@ class OpenAISurface:
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
 
-        watcher = watch_disconnect(receive)
         started = time.perf_counter()
-        try:
-            path = _NATIVE_PATH[operation]
-            async with self._client.stream(path, plan.native) as (upstream, waited):
-                ex.upstream_seconds = waited
-                if isinstance(plan, EmbeddingsPlan):
-                    await self._embeddings(upstream, send, ex, plan, started)
-                elif plan.stream:
-                    await self._stream(upstream, send, ex, operation, plan, started)
-                else:
-                    await self._complete(upstream, send, ex, operation, plan, started)
-        except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                ex.status, ex.outcome = 499, "client-disconnected"
-                return
-            raise
-        except UpstreamError as exc:  # before any byte left: _stream reports its own failures
-            raise _upstream_error(exc, plan.model) from None
-        finally:
-            watcher.cancel()
+        async with cancel_on_disconnect(receive, ex):
+            try:
+                path = _NATIVE_PATH[operation]
+                async with self._client.stream(path, plan.native) as (upstream, waited):
+                    ex.upstream_seconds = waited
+                    if isinstance(plan, EmbeddingsPlan):
+                        await self._embeddings(upstream, send, ex, plan, started)
+                    elif plan.stream:
+                        await self._stream(upstream, send, ex, operation, plan, started)
+                    else:
+                        await self._complete(upstream, send, ex, operation, plan, started)
+            except UpstreamError as exc:  # before any byte left: _stream reports its own
+                raise _upstream_error(exc, plan.model) from None
 
     async def _single(self, upstream: NDJSONStream) -> dict[str, Any]:
         """A non-streamed native answer: one JSON object (the last, should there be several)."""

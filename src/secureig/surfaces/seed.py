@@ -7,7 +7,6 @@ malformed body, 413 for an oversized one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -34,10 +33,10 @@ from secureig.surfaces._asgi import (
     Send,
     StreamAborted,
     api_key,
+    cancel_on_disconnect,
     exchange_of,
     read_body,
     respond,
-    watch_disconnect,
 )
 from secureig.upstream import (
     NDJSONStream,
@@ -165,31 +164,23 @@ class SeedSurface:
         assert admission.upstream is not None
         upstream_body["model"] = admission.upstream.name
 
-        watcher = watch_disconnect(receive)
         started = time.perf_counter()
-        try:
-            async with self._client.stream("/api/generate", upstream_body) as (upstream, waited):
-                ex.upstream_seconds = waited
-                if seed.stream:
-                    await self._stream(upstream, send, ex, started)
-                else:
-                    await self._collect(upstream, send, ex, started)
-        except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled():
-                # The client went away: the upstream request is closed, nothing is owed to anyone.
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                ex.status, ex.outcome = 499, "client-disconnected"
-                return
-            raise
-        except UpstreamError as exc:
-            if ex.status:  # headers already left
-                ex.outcome = "upstream-failed-mid-stream"
-                raise StreamAborted(str(exc)) from None
-            raise _upstream_error(exc, seed.model) from None
-        finally:
-            watcher.cancel()
+        async with cancel_on_disconnect(receive, ex):
+            try:
+                async with self._client.stream("/api/generate", upstream_body) as (
+                    upstream,
+                    waited,
+                ):
+                    ex.upstream_seconds = waited
+                    if seed.stream:
+                        await self._stream(upstream, send, ex, started)
+                    else:
+                        await self._collect(upstream, send, ex, started)
+            except UpstreamError as exc:
+                if ex.status:  # headers already left
+                    ex.outcome = "upstream-failed-mid-stream"
+                    raise StreamAborted(str(exc)) from None
+                raise _upstream_error(exc, seed.model) from None
 
     async def _collect(
         self, upstream: NDJSONStream, send: Send, ex: Exchange, started: float
