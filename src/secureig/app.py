@@ -10,15 +10,30 @@ import asyncio
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secureig import __version__
 from secureig.config import Settings
-from secureig.policy import BOOTSTRAP_KEY, BootstrapPolicy, ClampPolicy, Gatekeeper, Keyring
+from secureig.metrics import Metrics
+from secureig.policy import (
+    BOOTSTRAP_KEY,
+    AuthThrottle,
+    BootstrapPolicy,
+    ClampPolicy,
+    Gatekeeper,
+    Keyring,
+    Limiter,
+    LocalLimiter,
+)
 from secureig.store import KeyStore, create_engine, describe, migrate
+from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
 from secureig.surfaces._asgi import (
     EXCHANGE,
     ASGIApp,
@@ -28,9 +43,10 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
 )
+from secureig.surfaces.admin import admin_router
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
-from secureig.surfaces.ops import ops_router
+from secureig.surfaces.ops import MetricsEndpoint, ops_router
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
 
@@ -60,6 +76,14 @@ def refusal_reason(settings: Settings, live_keys: int) -> str | None:
         "or set SECUREIG_ADMIN_KEY to a secret of 16 characters or more, or pass"
         " --allow-bootstrap-key (SECUREIG_ALLOW_BOOTSTRAP_KEY=1) to accept 'admin' on this address."
     )
+
+
+def _limiter(settings: Settings) -> Limiter:
+    if settings.redis_url is None:
+        return LocalLimiter()
+    from secureig.policy.redis_limits import RedisLimiter
+
+    return RedisLimiter(settings.redis_url, settings.redis_prefix)
 
 
 class Gateway:
@@ -92,9 +116,23 @@ class Gateway:
             max_connections=settings.upstream_max_connections,
         )
         self.catalog = ModelCatalog(self.client, settings.discovery_interval)
+        self.limiter = _limiter(settings)
         self.gatekeeper = Gatekeeper(
-            self.keyring, self.catalog, ClampPolicy(max_keep_alive=settings.max_keep_alive)
+            self.keyring,
+            self.catalog,
+            ClampPolicy(max_keep_alive=settings.max_keep_alive),
+            self.limiter,
+            AuthThrottle(settings.auth_failures_per_minute),
         )
+        self.metrics = Metrics()
+        self.usage = UsageWriter(
+            UsageStore(self.engine),
+            batch_size=settings.usage_batch_size,
+            interval=settings.usage_flush_interval,
+            max_pending=settings.usage_max_pending,
+            on_drop=self.metrics.usage_dropped.inc,
+        )
+        self.metrics.usage_pending.set_function(lambda: self.usage.pending)
         self.draining = False
 
     async def start(self) -> None:
@@ -103,10 +141,12 @@ class Gateway:
         reason = refusal_reason(self.settings, self.keyring.key_count)
         if reason:
             raise StartupRefused(reason)
+        await self.limiter.start()
         await self.client.open()
         state = await self.catalog.refresh()
         self.catalog.start()
         self.keyring.start()
+        self.usage.start()
         self._announce(state.up, state.error, sorted(e.name for e in state.models.values()))
 
     def _announce(self, up: bool, error: str | None, models: list[str]) -> None:
@@ -141,10 +181,61 @@ class Gateway:
             log.info("bootstrap key: inactive")
 
     async def stop(self) -> None:
+        # In-flight requests have finished (or the grace period ran out) before this runs.
+        await self.usage.close(grace=self.settings.shutdown_grace)
+        await self.limiter.close()
         await self.keyring.stop()
         await self.catalog.stop()
         await self.client.close()
         await self.engine.dispose()
+
+    async def finish(self, scope: Scope, ex: Exchange) -> None:
+        """After the answer: settle the key's budgets, count, record usage, log one line."""
+        ledger = ex.ledger
+        try:
+            await self.gatekeeper.settle(ledger)
+        except Exception:
+            log.exception("settling a request's limits failed")
+        now = time.perf_counter()
+        status = ex.status or 499
+        m = self.metrics
+        m.requests.labels(ex.surface, ex.route, str(status)).inc()
+        m.duration.labels(ex.surface, ex.route).observe(now - ex.started)
+        ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
+        if ttfb is not None:
+            m.ttfb.labels(ex.surface, ex.route).observe(ttfb)
+        if status == 429:
+            m.limit_refusals.labels(ex.surface).inc()
+        if ledger.principal is None:
+            if status == 401 or (status == 403 and ex.surface == "seed"):
+                m.auth_failures.labels(ex.surface).inc()
+        else:
+            principal = ledger.principal
+            if ledger.prompt_tokens or ledger.completion_tokens:
+                model = ex.model or "-"
+                m.tokens.labels(model, "in").inc(ledger.prompt_tokens)
+                m.tokens.labels(model, "out").inc(ledger.completion_tokens)
+            self.usage.record(
+                UsageRecord(
+                    at=datetime.now(UTC),
+                    request_id=ex.request_id,
+                    key_id=principal.key_id,
+                    key_name=principal.name,
+                    surface=ex.surface,
+                    route=ex.route,
+                    model=ex.model,
+                    backend=self.settings.ollama_url if ex.upstream_seconds is not None else None,
+                    status=status,
+                    prompt_tokens=ledger.prompt_tokens,
+                    completion_tokens=ledger.completion_tokens,
+                    ttfb_ms=ttfb * 1000 if ttfb is not None else None,
+                    duration_ms=(now - ex.started) * 1000,
+                    bytes_in=ex.bytes_in,
+                    bytes_out=ex.bytes_out,
+                )
+            )
+        if ex.outcome == "upstream-failed-mid-stream" or status in (502, 504):
+            m.upstream_errors.labels(ex.outcome or str(status)).inc()
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         store = "ok"
@@ -171,6 +262,25 @@ def _api(gateway: Gateway) -> FastAPI:
         description="Secure Inference Gateway: keys, scopes and limits in front of Ollama.",
     )
     api.include_router(ops_router(gateway))
+    api.include_router(
+        admin_router(
+            gateway.gatekeeper,
+            gateway.keystore,
+            UsageStore(gateway.engine),
+            gateway.catalog,
+        )
+    )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"error": f"invalid request: {problems}"}, 400)
 
     def openapi() -> dict[str, Any]:
         # /request is served by a plain ASGI callable; describe it here so the schema is whole.
@@ -258,19 +368,30 @@ class GatewayApp:
         rid = exchange.request_id.encode()
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    exchange.bytes_out += len(body)
+                    if exchange.first_byte is None:
+                        exchange.first_byte = time.perf_counter()
+            elif message["type"] == "http.response.start":
                 exchange.status = message["status"]
+                ticket = exchange.ledger.ticket
                 message["headers"] = [
                     *message.get("headers", ()),
+                    *(ticket.headers if ticket is not None else ()),
                     (b"server-timing", exchange.server_timing()),
                     (b"x-request-id", rid),
                 ]
             await send(message)
 
         app = self._route(scope["path"])
+        self.gateway.metrics.active.inc()
         try:
             await app(scope, receive, send_with_id)
         finally:
+            self.gateway.metrics.active.dec()
+            await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)
 
     @staticmethod
@@ -315,9 +436,15 @@ def create_app(settings: Settings) -> GatewayApp:
         gateway.gatekeeper, gateway.client, settings.max_body_bytes, settings.max_blob_bytes
     )
     openai = OpenAISurface(gateway.gatekeeper, gateway.client, settings.max_body_bytes)
+    public = (
+        settings.metrics_public
+        if settings.metrics_public is not None
+        else settings.listens_on_loopback
+    )
+    metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, public)
     return GatewayApp(
         gateway,
-        routes={"/request": seed, "/api": ollama, "/v1": openai},
+        routes={"/request": seed, "/api": ollama, "/v1": openai, "/metrics": metrics},
         prefixes={"/api/": ollama, "/v1/": openai},
         fallback=_api(gateway),
     )

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from secureig import __version__
+from secureig import __version__, durations
 from secureig.config import ConfigFileError, Settings, load_settings
 from secureig.credentials import Scope, parse_scopes
 from secureig.names import InvalidModelName
@@ -34,6 +34,7 @@ from secureig.store import (
     describe,
     migrate,
 )
+from secureig.store.usage import GroupBy, UsageStore, UsageTotal
 from secureig.upstream import OllamaClient, TagEntry, Timeouts, UpstreamError
 
 T = TypeVar("T")
@@ -127,6 +128,20 @@ MaxNumPredictOption = Annotated[
 ]
 
 
+def _limit_option(flag: str, text: str) -> Any:
+    return typer.Option(flag, metavar="N", min=0, help=text + " 0 for no limit.")
+
+
+RpmOption = Annotated[int | None, _limit_option("--rpm", "Requests per minute (the UTC minute).")]
+TpmOption = Annotated[
+    int | None, _limit_option("--tpm", "Tokens per minute, prompt and completion.")
+]
+ConcurrencyOption = Annotated[
+    int | None, _limit_option("--concurrency", "Requests in flight at once; more get 429.")
+]
+DailyTokensOption = Annotated[int | None, _limit_option("--daily-tokens", "Tokens per UTC day.")]
+
+
 def say(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -163,6 +178,21 @@ async def _with_store(settings: Settings, action: Callable[[KeyStore], Awaitable
         return await action(KeyStore(engine))
     finally:
         await engine.dispose()
+
+
+def with_engine(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def go() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine)
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return run(go())
+    except (DatabaseURLError, OSError) as exc:
+        raise fail(f"cannot read the store ({describe(settings.database_url)}): {exc}") from None
 
 
 def with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
@@ -298,15 +328,12 @@ app.command()(serve)
 # ---------------------------------------------------------------------------------------------
 # keys
 
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_duration(text: str) -> timedelta:
-    match = _DURATION.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise typer.BadParameter("use a positive number with s, m, h or d: 90s, 45m, 12h, 30d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return durations.parse_duration(text)
+    except ValueError:
+        raise typer.BadParameter(f"use {durations.HELP}") from None
 
 
 def _scopes(values: list[str]) -> frozenset[Scope]:
@@ -322,16 +349,12 @@ def _expiry(text: str) -> datetime | None:
     return datetime.now(UTC) + parse_duration(text)
 
 
-def _limits(current: KeyLimits, max_num_ctx: int | None, max_num_predict: int | None) -> KeyLimits:
-    """The key's limits with what the flags changed; 0 clears a maximum."""
-
-    def pick(flag: int | None, old: int | None) -> int | None:
-        return old if flag is None else (flag or None)
-
-    return KeyLimits(
-        max_num_ctx=pick(max_num_ctx, current.max_num_ctx),
-        max_num_predict=pick(max_num_predict, current.max_num_predict),
-    )
+def _limits(current: KeyLimits, **flags: int | None) -> KeyLimits:
+    """The key's limits with what the flags changed; 0 clears a limit."""
+    try:
+        return current.changed(**flags)
+    except KeyStoreError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _when(value: datetime | None) -> str:
@@ -357,6 +380,10 @@ def keys_create(
     expires_in: ExpiresOption = None,
     max_num_ctx: MaxNumCtxOption = None,
     max_num_predict: MaxNumPredictOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    concurrency: ConcurrencyOption = None,
+    daily_tokens: DailyTokensOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -364,7 +391,15 @@ def keys_create(
     settings = settings_from(config=config, database_url=database_url)
     scopes = _scopes(scope or [Scope.INFERENCE.value])
     expires_at = _expiry(expires_in) if expires_in else None
-    limits = _limits(KeyLimits(), max_num_ctx, max_num_predict)
+    limits = _limits(
+        KeyLimits(),
+        max_num_ctx=max_num_ctx,
+        max_num_predict=max_num_predict,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        daily_tokens=daily_tokens,
+    )
 
     async def create(store: KeyStore) -> tuple[KeyRecord, str]:
         return await store.create(name, scopes, models or [], expires_at, limits)
@@ -386,6 +421,10 @@ def keys_update(
     expires_in: ExpiresOption = None,
     max_num_ctx: MaxNumCtxOption = None,
     max_num_predict: MaxNumPredictOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    concurrency: ConcurrencyOption = None,
+    daily_tokens: DailyTokensOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -398,7 +437,15 @@ def keys_update(
         current = next((r for r in await store.list() if r.name == name), None)
         if current is None:
             raise KeyNotFound(f"no live key named {name!r}")
-        limits = _limits(current.limits, max_num_ctx, max_num_predict)
+        limits = _limits(
+            current.limits,
+            max_num_ctx=max_num_ctx,
+            max_num_predict=max_num_predict,
+            rpm=rpm,
+            tpm=tpm,
+            concurrency=concurrency,
+            daily_tokens=daily_tokens,
+        )
         return await store.update(
             name, scopes=scopes, models=models or None, expires_at=expires_at, limits=limits
         )
@@ -443,11 +490,7 @@ def keys_list(
                 r.limits.describe(),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    _print_table(rows)
 
 
 @keys_app.command("revoke")
@@ -487,6 +530,59 @@ def keys_rotate(
         " within 2 seconds. The new key is shown only now."
     )
     typer.echo(secret)
+
+
+# ---------------------------------------------------------------------------------------------
+# usage
+
+
+@app.command()
+def usage(
+    key: Annotated[str | None, typer.Option("--key", metavar="NAME", help="Only this key.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="MODEL", help="Only this model.")
+    ] = None,
+    since: Annotated[
+        str, typer.Option("--since", metavar="DURATION", help="How far back: 12h, 7d, 30d.")
+    ] = "7d",
+    by: Annotated[
+        str, typer.Option("--by", metavar="key|model|day", help="How to group the totals.")
+    ] = "key",
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Requests and tokens per key, model or day, from the usage records."""
+    settings = settings_from(config=config, database_url=database_url)
+    if by not in ("key", "model", "day"):
+        raise typer.BadParameter("use key, model or day", param_hint="--by")
+    start = datetime.now(UTC) - parse_duration(since)
+    group: GroupBy = by  # type: ignore[assignment]
+
+    async def totals(engine: AsyncEngine) -> list[UsageTotal]:
+        return await UsageStore(engine).totals(by=group, since=start, key=key, model=model)
+
+    rows = with_engine(settings, totals)
+    say(f"Usage since {_when(start)} by {by}, from {describe(settings.database_url)}.")
+    table = [(by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL")]
+    for row in rows:
+        table.append((
+            row.group, str(row.requests), str(row.errors), str(row.prompt_tokens),
+            str(row.completion_tokens), str(row.total_tokens),
+        ))  # fmt: skip
+    if len(table) > 1:
+        table.append((
+            "(all)", str(sum(r.requests for r in rows)), str(sum(r.errors for r in rows)),
+            str(sum(r.prompt_tokens for r in rows)), str(sum(r.completion_tokens for r in rows)),
+            str(sum(r.total_tokens for r in rows)),
+        ))  # fmt: skip
+    _print_table(table)
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,31 @@ class Settings(BaseSettings):
         le=2.0,
         description="Seconds between checks of the key store for changes (at most 2).",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db: limits shared by every replica (default: in process).",
+    )
+    redis_prefix: str = Field(
+        default="secureig:", description="Prefix of every Redis key, so deployments can share one."
+    )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        ge=0,
+        description="Failed key checks per client address per minute before 429s; 0 disables.",
+    )
+    metrics_public: bool | None = Field(
+        default=None,
+        description="Serve /metrics without a key (default: only when listening on loopback).",
+    )
+    usage_batch_size: int = Field(default=500, gt=0, description="Usage records per insert.")
+    usage_flush_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between usage record writes."
+    )
+    usage_max_pending: int = Field(
+        default=100_000,
+        gt=0,
+        description="Usage records held in memory while the store is unavailable.",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
     )

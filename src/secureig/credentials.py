@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from enum import StrEnum
 
 KEY_PREFIX = "sig_"
@@ -33,7 +34,7 @@ def visible_prefix(secret: str) -> str:
     return secret[:VISIBLE_PREFIX_LENGTH]
 
 
-def parse_scopes(values: list[str] | tuple[str, ...]) -> frozenset[Scope]:
+def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
     """Scopes from their names; raises ValueError naming the unknown one."""
     scopes = set()
     for value in values:

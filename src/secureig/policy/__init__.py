@@ -7,21 +7,27 @@ from secureig.policy.engine import (
     Gatekeeper,
     InvalidModel,
     InvalidRequest,
+    Ledger,
+    LimiterDown,
     ModelNotFound,
     NoModels,
     Refusal,
+    TooManyRequests,
     Unauthenticated,
     UpstreamDown,
 )
 from secureig.policy.keyring import BOOTSTRAP_KEY, AuthError, BootstrapPolicy, Keyring
+from secureig.policy.limits import Limiter, Limits, LocalLimiter
 from secureig.policy.operations import SPECS, Operation
 from secureig.policy.principal import Principal
+from secureig.policy.throttle import AuthThrottle
 
 __all__ = [
     "BOOTSTRAP_KEY",
     "SPECS",
     "Admission",
     "AuthError",
+    "AuthThrottle",
     "BootstrapPolicy",
     "ClampPolicy",
     "Forbidden",
@@ -29,11 +35,17 @@ __all__ = [
     "InvalidModel",
     "InvalidRequest",
     "Keyring",
+    "Ledger",
+    "Limiter",
+    "LimiterDown",
+    "Limits",
+    "LocalLimiter",
     "ModelNotFound",
     "NoModels",
     "Operation",
     "Principal",
     "Refusal",
+    "TooManyRequests",
     "Unauthenticated",
     "UpstreamDown",
 ]

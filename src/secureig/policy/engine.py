@@ -14,8 +14,10 @@ from typing import Any
 from secureig.names import InvalidModelName, ModelName, parse_model_name
 from secureig.policy.clamps import ClampError, ClampPolicy, ClampRefused, apply_clamps
 from secureig.policy.keyring import AuthError, Keyring
+from secureig.policy.limits import Limiter, LimiterUnavailable, RateLimited, Ticket
 from secureig.policy.operations import SPECS, Operation
 from secureig.policy.principal import Principal
+from secureig.policy.throttle import AuthThrottle
 from secureig.upstream import ModelCatalog, TagEntry
 
 
@@ -56,6 +58,39 @@ class UpstreamDown(Refusal):
     """No model list could be had: the upstream is unreachable."""
 
 
+class TooManyRequests(Refusal):
+    """A limit is reached (or the address failed authentication too often): 429."""
+
+    def __init__(
+        self, message: str, retry_after: int, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = [*(headers or []), (b"retry-after", str(retry_after).encode())]
+
+
+class LimiterDown(Refusal):
+    """The shared limiter cannot be reached; keys with limits wait for it (503)."""
+
+
+@dataclass(slots=True)
+class Ledger:
+    """One request's account, filled as it goes: who, what it holds, what it used. The layer
+    above hands it to `admit` and settles it with `settle` once the response is over."""
+
+    principal: Principal | None = None
+    ticket: Ticket | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def count_tokens(self, prompt: object, completion: object) -> None:
+        """Take the upstream's own counts (prompt_eval_count, eval_count) when it reports them."""
+        if isinstance(prompt, int) and not isinstance(prompt, bool):
+            self.prompt_tokens = prompt
+        if isinstance(completion, int) and not isinstance(completion, bool):
+            self.completion_tokens = completion
+
+
 _AUTH_MESSAGES = {
     "missing": "no API key: send it in the X-API-KEY header or as Authorization: Bearer",
     "unknown": "the API key is not valid",
@@ -76,16 +111,35 @@ class Gatekeeper:
     costs nothing), then `admit` once with the parsed body; `admit` repeats the scope check, so
     no surface can skip it."""
 
-    def __init__(self, keyring: Keyring, catalog: ModelCatalog, clamps: ClampPolicy) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        catalog: ModelCatalog,
+        clamps: ClampPolicy,
+        limiter: Limiter,
+        throttle: AuthThrottle,
+    ) -> None:
         self.keyring = keyring
         self.catalog = catalog
+        self.limiter = limiter
         self._clamps = clamps
+        self._throttle = throttle
 
-    def authenticate(self, secret: str | None) -> Principal:
+    def authenticate(self, secret: str | None, address: str, ledger: Ledger) -> Principal:
+        """The key's principal. An address that keeps failing is refused before anything else,
+        but never a request that carries a valid key."""
         try:
-            return self.keyring.authenticate(secret)
+            principal = self.keyring.authenticate(secret)
         except AuthError as exc:
+            wait = self._throttle.blocked(address)
+            if wait is not None:
+                raise TooManyRequests(
+                    "too many failed authentications from this address", wait
+                ) from None
+            self._throttle.failed(address)
             raise Unauthenticated(_AUTH_MESSAGES[exc.reason]) from None
+        ledger.principal = principal
+        return principal
 
     @staticmethod
     def check_scope(principal: Principal, operation: Operation) -> None:
@@ -127,9 +181,14 @@ class Gatekeeper:
         raise ModelNotFound(f"model {model!r} not found", "model")
 
     async def admit(
-        self, principal: Principal, operation: Operation, body: dict[str, Any] | None = None
+        self,
+        principal: Principal,
+        operation: Operation,
+        ledger: Ledger,
+        body: dict[str, Any] | None = None,
     ) -> Admission:
-        """Check everything about one request; clamps rewrite `body` in place."""
+        """Check everything about one request; clamps rewrite `body` in place. Last, the key's
+        limits: what is refused before this point consumes no budget."""
         spec = SPECS[operation]
         self.check_scope(principal, operation)
         body = body if body is not None else {}
@@ -153,4 +212,17 @@ class Gatekeeper:
                 raise InvalidRequest(str(exc)) from None
             except ClampRefused as exc:
                 raise Forbidden(str(exc)) from None
+        if principal.limits.any:
+            try:
+                ledger.ticket = await self.limiter.acquire(principal.subject, principal.limits)
+            except RateLimited as exc:
+                raise TooManyRequests(str(exc), exc.retry_after, exc.headers) from None
+            except LimiterUnavailable as exc:
+                raise LimiterDown(str(exc)) from None
         return Admission(principal, operation, tuple(n for n, _ in names), upstream)
+
+    async def settle(self, ledger: Ledger) -> None:
+        """The request is over: give back its slot and charge its tokens."""
+        if ledger.ticket is not None:
+            ticket, ledger.ticket = ledger.ticket, None
+            await self.limiter.release(ticket, ledger.prompt_tokens + ledger.completion_tokens)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from secureig.credentials import Scope, key_digest
+from secureig.policy.limits import Limits
 from secureig.policy.principal import BOOTSTRAP, Principal
 from secureig.store import KeyRecord, KeyStore
 
@@ -51,8 +52,14 @@ def _principal(record: KeyRecord) -> Principal:
         patterns=record.models,
         key_id=record.id,
         expires_at=record.expires_at.timestamp() if record.expires_at else None,
-        max_num_ctx=record.max_num_ctx,
-        max_num_predict=record.max_num_predict,
+        max_num_ctx=record.limits.max_num_ctx,
+        max_num_predict=record.limits.max_num_predict,
+        limits=Limits(
+            rpm=record.limits.rpm,
+            tpm=record.limits.tpm,
+            concurrency=record.limits.concurrency,
+            daily_tokens=record.limits.daily_tokens,
+        ),
     )
 
 

@@ -28,6 +28,7 @@ class Operation(StrEnum):
     DELETE = "delete"
     BLOB_CHECK = "blob-check"
     BLOB_UPLOAD = "blob-upload"
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +75,5 @@ SPECS: dict[Operation, OperationSpec] = {
     Operation.DELETE: OperationSpec(_MANAGE, _MODEL_OR_NAME, mutates=True),
     Operation.BLOB_CHECK: OperationSpec(_MANAGE),
     Operation.BLOB_UPLOAD: OperationSpec(_MANAGE),
+    Operation.ADMIN: OperationSpec(frozenset({Scope.ADMIN})),
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from secureig.credentials import Scope
 from secureig.names import pattern_allows
+from secureig.policy.limits import NO_LIMITS, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,12 @@ class Principal:
     expires_at: float | None = None  # unix seconds
     max_num_ctx: int | None = None
     max_num_predict: int | None = None
+    limits: Limits = NO_LIMITS
+
+    @property
+    def subject(self) -> str:
+        """Whose budgets a request draws on: one key, across its rotations."""
+        return f"key:{self.key_id}" if self.key_id is not None else f"name:{self.name}"
 
     @property
     def is_admin(self) -> bool:

@@ -37,23 +37,40 @@ class KeyNotFound(KeyStoreError):
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
-    """What a key may ask for; None is "no maximum of its own"."""
+    """What a key may ask for and how much it may use; None is "no limit of its own"."""
 
     max_num_ctx: int | None = None
     max_num_predict: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    daily_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_num_ctx", "max_num_predict"):
-            value = getattr(self, name)
+        for name, value in self.pairs():
             if value is not None and value < 1:
                 raise KeyStoreError(f"{name} must be a positive number")
 
+    def pairs(self) -> list[tuple[str, int | None]]:
+        return [(name, getattr(self, name)) for name in LIMIT_FIELDS]
+
     def describe(self) -> str:
-        parts = [f"{name} {value}" for name, value in self._pairs() if value is not None]
+        parts = [f"{name} {value}" for name, value in self.pairs() if value is not None]
         return ", ".join(parts) or "none"
 
-    def _pairs(self) -> list[tuple[str, int | None]]:
-        return [("max_num_ctx", self.max_num_ctx), ("max_num_predict", self.max_num_predict)]
+    def changed(self, **changes: int | None) -> KeyLimits:
+        """These limits with `changes` applied: None leaves a field, 0 clears it."""
+        unknown = set(changes) - set(LIMIT_FIELDS)
+        if unknown:
+            raise KeyStoreError(f"unknown limits: {', '.join(sorted(unknown))}")
+        values = dict(self.pairs())
+        for name, value in changes.items():
+            if value is not None:
+                values[name] = value or None
+        return KeyLimits(**values)
+
+
+LIMIT_FIELDS = ("max_num_ctx", "max_num_predict", "rpm", "tpm", "concurrency", "daily_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +87,6 @@ class KeyRecord:
     rotated_at: datetime | None
     last_used_at: datetime | None
     limits: KeyLimits = KeyLimits()
-
-    @property
-    def max_num_ctx(self) -> int | None:
-        return self.limits.max_num_ctx
-
-    @property
-    def max_num_predict(self) -> int | None:
-        return self.limits.max_num_predict
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -113,7 +122,7 @@ def _record(row: ApiKey) -> KeyRecord:
         revoked_at=_utc(row.revoked_at),
         rotated_at=_utc(row.rotated_at),
         last_used_at=_utc(row.last_used_at),
-        limits=KeyLimits(max_num_ctx=row.max_num_ctx, max_num_predict=row.max_num_predict),
+        limits=KeyLimits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
     )
 
 
@@ -173,8 +182,7 @@ class KeyStore:
             models=json.dumps(patterns),
             created_at=datetime.now(UTC),
             expires_at=expires_at,
-            max_num_ctx=limits.max_num_ctx,
-            max_num_predict=limits.max_num_predict,
+            **{name: value for name, value in limits.pairs()},
         )
         try:
             async with self._sessions.begin() as session:
@@ -213,8 +221,8 @@ class KeyStore:
             if not isinstance(expires_at, Unchanged):
                 row.expires_at = expires_at
             if limits is not None:
-                row.max_num_ctx = limits.max_num_ctx
-                row.max_num_predict = limits.max_num_predict
+                for name, value in limits.pairs():
+                    setattr(row, name, value)
             await self._bump(session)
         return _record(row)
 

@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from secureig.policy import Ledger
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -41,15 +43,25 @@ class StreamAborted(Exception):
 
 @dataclass(slots=True)
 class Exchange:
-    """What the access log and Server-Timing need to know about one request."""
+    """What the access log, usage records, metrics and Server-Timing need about one request."""
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
-    key_name: str | None = None
+    surface: str = "ops"
+    route: str = "other"  # the operation: a bounded label, unlike the path
+    ledger: Ledger = field(default_factory=Ledger)
     model: str | None = None
     status: int = 0
     upstream_seconds: float | None = None
     outcome: str | None = None  # what went wrong after the status left, for the access log
+    bytes_in: int = 0
+    bytes_out: int = 0
+    first_byte: float | None = None  # perf_counter when the first body byte left
+
+    @property
+    def key_name(self) -> str | None:
+        principal = self.ledger.principal
+        return principal.name if principal is not None else None
 
     def server_timing(self) -> bytes:
         total = time.perf_counter() - self.started
@@ -59,6 +71,11 @@ class Exchange:
         return (
             f"gateway;dur={own * 1000:.2f}, upstream;dur={self.upstream_seconds * 1000:.2f}"
         ).encode()
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def exchange_of(scope: Scope) -> Exchange:
@@ -106,7 +123,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            body = b"".join(chunks)
+            exchange_of(scope).bytes_in = len(body)
+            return body
 
 
 async def respond(

@@ -19,10 +19,12 @@ from secureig.policy import (
     Forbidden,
     Gatekeeper,
     InvalidRequest,
+    LimiterDown,
     ModelNotFound,
     Operation,
     Principal,
     Refusal,
+    TooManyRequests,
     Unauthenticated,
     UpstreamDown,
 )
@@ -36,6 +38,7 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     cancel_on_disconnect,
+    client_address,
     exchange_of,
     header,
     json_bytes,
@@ -79,7 +82,9 @@ _FIELD = re.compile(r"[a-z_]{1,64}")
 
 
 class NativeError(Exception):
-    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None):
+    def __init__(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -87,6 +92,10 @@ class NativeError(Exception):
 
 
 def _refusal_error(refusal: Refusal) -> NativeError:
+    if isinstance(refusal, TooManyRequests):
+        return NativeError(429, refusal.message, refusal.headers)
+    if isinstance(refusal, LimiterDown):
+        return NativeError(503, refusal.message)
     if isinstance(refusal, Unauthenticated):
         return NativeError(401, refusal.message, [(b"www-authenticate", b"Bearer")])
     if isinstance(refusal, Forbidden):
@@ -163,10 +172,11 @@ class OllamaSurface:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         method, path = scope["method"], scope["path"]
+        ex.surface = "ollama"
         operation = classify(method, path)
+        ex.route = operation.value if operation is not None else "never-forwarded"
         try:
-            principal = self._gate.authenticate(api_key(scope))
-            ex.key_name = principal.name
+            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
             if operation is None:
                 raise Forbidden(
                     f"{path} acts on the Ollama server's ollama.com account;"
@@ -186,7 +196,7 @@ class OllamaSurface:
             except BodyTooLarge as exc:
                 raise NativeError(413, f"request body is larger than {exc.limit} bytes") from None
         try:
-            admission = await self._gate.admit(principal, operation, data)
+            admission = await self._gate.admit(principal, operation, ex.ledger, data)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
         if admission.models:
@@ -256,6 +266,7 @@ class OllamaSurface:
                     else:
                         body = b"" if method == "HEAD" else await raw.read()
                         ex.upstream_seconds = time.perf_counter() - started
+                        _count_tokens(ex, body)
                         content_type = raw.content_type.encode() or JSON
                         await respond(send, raw.status, body, content_type)
             except UpstreamError as exc:
@@ -274,15 +285,16 @@ class OllamaSurface:
                 "headers": [(b"content-type", NDJSON), (b"cache-control", b"no-store")],
             }
         )
+        last = b""
         try:
             chunk = first
             while chunk is not None:
                 data = pending + chunk
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    await send(
-                        {"type": "http.response.body", "body": data[:cut], "more_body": True}
-                    )
+                    body = data[:cut]
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    last = body[body.rfind(b"\n", 0, cut - 1) + 1 :]
                 pending = data[cut:]
                 chunk = await _next_chunk(chunks)
         except UpstreamError as exc:
@@ -292,6 +304,8 @@ class OllamaSurface:
             await send({"type": "http.response.body", "body": line, "more_body": False})
             return
         tail = pending + b"\n" if pending.strip() else b""
+        # Only the final line carries the counts; the lines before it pass through unparsed.
+        _count_tokens(ex, tail or last)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _upload(
@@ -305,7 +319,7 @@ class OllamaSurface:
     ) -> None:
         """`POST /api/blobs/:digest`: the body streams through, never held whole."""
         try:
-            await self._gate.admit(principal, Operation.BLOB_UPLOAD)
+            await self._gate.admit(principal, Operation.BLOB_UPLOAD, ex.ledger)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
         declared = header(scope, b"content-length")
@@ -323,6 +337,7 @@ class OllamaSurface:
                     raise ClientGone
                 chunk = message.get("body", b"")
                 size += len(chunk)
+                ex.bytes_in = size
                 if size > limit:
                     too_large = True
                     raise BodyTooLarge(limit)
@@ -342,6 +357,17 @@ class OllamaSurface:
             if too_large:
                 raise NativeError(413, f"blob is larger than {limit} bytes") from None
             raise _upstream_error(exc) from None
+
+
+def _count_tokens(ex: Exchange, line: bytes) -> None:
+    if b"eval_count" not in line:
+        return
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return
+    if isinstance(value, dict):
+        ex.ledger.count_tokens(value.get("prompt_eval_count"), value.get("eval_count"))
 
 
 async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:

@@ -15,10 +15,12 @@ from secureig.policy import (
     Forbidden,
     Gatekeeper,
     InvalidRequest,
+    LimiterDown,
     ModelNotFound,
     Operation,
     Principal,
     Refusal,
+    TooManyRequests,
     Unauthenticated,
     UpstreamDown,
 )
@@ -31,6 +33,7 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     cancel_on_disconnect,
+    client_address,
     exchange_of,
     read_body,
     respond_json,
@@ -100,6 +103,13 @@ class OpenAIError(Exception):
 
 
 def _refusal_error(refusal: Refusal) -> OpenAIError:
+    if isinstance(refusal, TooManyRequests):
+        return OpenAIError(
+            429, refusal.message, "rate_limit_error", code="rate_limit_exceeded",
+            headers=refusal.headers,
+        )  # fmt: skip
+    if isinstance(refusal, LimiterDown):
+        return OpenAIError(503, refusal.message, "api_error")
     if isinstance(refusal, Unauthenticated):
         return OpenAIError(
             401, refusal.message, "authentication_error", code="invalid_api_key",
@@ -187,15 +197,20 @@ class OpenAISurface:
         raise OpenAIError(404, f"Invalid URL ({method} {path})", "invalid_request_error")
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        ex.surface = "openai"
         operation, model_in_path = self._classify(scope["method"], scope["path"])
+        ex.route = operation.value
         try:
-            principal = self._gate.authenticate(api_key(scope))
-            ex.key_name = principal.name
+            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
             self._gate.check_scope(principal, operation)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
 
         if operation is Operation.LIST_MODELS:
+            try:
+                await self._gate.admit(principal, operation, ex.ledger)
+            except Refusal as refusal:
+                raise _refusal_error(refusal) from None
             await self._models(send, ex, principal)
             return
         if operation is Operation.SHOW:
@@ -219,7 +234,7 @@ class OpenAISurface:
             raise OpenAIError(400, exc.message, "invalid_request_error", param=exc.param) from None
         ex.model = plan.model
         try:
-            await self._gate.admit(principal, operation, plan.native)
+            await self._gate.admit(principal, operation, ex.ledger, plan.native)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
 
@@ -238,13 +253,14 @@ class OpenAISurface:
             except UpstreamError as exc:  # before any byte left: _stream reports its own
                 raise _upstream_error(exc, plan.model) from None
 
-    async def _single(self, upstream: NDJSONStream) -> dict[str, Any]:
+    async def _single(self, upstream: NDJSONStream, ex: Exchange) -> dict[str, Any]:
         """A non-streamed native answer: one JSON object (the last, should there be several)."""
         answer: dict[str, Any] | None = None
         async for line in upstream.lines():
             answer = line
         if answer is None:
             raise UpstreamStreamError("upstream sent an empty answer")
+        ex.ledger.count_tokens(answer.get("prompt_eval_count"), answer.get("eval_count"))
         return answer
 
     async def _complete(
@@ -256,7 +272,7 @@ class OpenAISurface:
         plan: ChatPlan | CompletionPlan,
         started: float,
     ) -> None:
-        native = await self._single(upstream)
+        native = await self._single(upstream, ex)
         ex.upstream_seconds = time.perf_counter() - started
         created = int(time.time())
         if operation is Operation.CHAT:
@@ -272,7 +288,7 @@ class OpenAISurface:
     async def _embeddings(
         self, upstream: NDJSONStream, send: Send, ex: Exchange, plan: EmbeddingsPlan, started: float
     ) -> None:
-        native = await self._single(upstream)
+        native = await self._single(upstream, ex)
         ex.upstream_seconds = time.perf_counter() - started
         answer = embeddings_response(native, model=plan.model, encoding_format=plan.encoding_format)
         await respond_json(send, 200, answer)
@@ -308,6 +324,10 @@ class OpenAISurface:
             event = sse(error_body(str(exc), "server_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
+        if translator.usage is not None:
+            ex.ledger.count_tokens(
+                translator.usage["prompt_tokens"], translator.usage["completion_tokens"]
+            )
         if translator.done:
             tail = SSE_DONE
         else:
@@ -332,7 +352,9 @@ class OpenAISurface:
     async def _model(self, send: Send, ex: Exchange, principal: Principal, model: str) -> None:
         ex.model = model
         try:
-            admission = await self._gate.admit(principal, Operation.SHOW, {"model": model})
+            admission = await self._gate.admit(
+                principal, Operation.SHOW, ex.ledger, {"model": model}
+            )
             entry = await self._gate.locate(admission.models[0], model)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None

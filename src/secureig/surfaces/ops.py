@@ -1,11 +1,25 @@
-"""Operations routes that need no key: `GET/HEAD /`, `/healthz` (liveness), `/readyz` (ready)."""
+"""Operations routes: `GET/HEAD /`, `/healthz` (liveness), `/readyz` (ready), `/metrics`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from secureig.policy import Gatekeeper, Operation, Refusal, TooManyRequests, Unauthenticated
+from secureig.surfaces._asgi import (
+    Receive,
+    Scope,
+    Send,
+    api_key,
+    client_address,
+    exchange_of,
+    respond,
+    respond_json,
+)
 
 
 class Readiness(Protocol):
@@ -35,3 +49,33 @@ def ops_router(probe: Readiness) -> APIRouter:
         return JSONResponse(report, status_code=200 if ready else 503)
 
     return router
+
+
+class MetricsEndpoint:
+    """`GET /metrics`: open on loopback (or when made public), otherwise for admin keys."""
+
+    def __init__(self, gatekeeper: Gatekeeper, render: Callable[[], bytes], public: bool) -> None:
+        self._gate = gatekeeper
+        self._render = render
+        self._public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        ex.route = "metrics"
+        if scope["method"] not in ("GET", "HEAD"):
+            await respond_json(send, 405, {"error": "use GET"}, [(b"allow", b"GET, HEAD")])
+            return
+        if not self._public:
+            try:
+                principal = self._gate.authenticate(
+                    api_key(scope), client_address(scope), ex.ledger
+                )
+                await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
+            except Refusal as refusal:
+                status = 401 if isinstance(refusal, Unauthenticated) else 403
+                if isinstance(refusal, TooManyRequests):
+                    status = 429
+                await respond_json(send, status, {"error": refusal.message})
+                return
+        body = b"" if scope["method"] == "HEAD" else self._render()
+        await respond(send, 200, body, CONTENT_TYPE_LATEST.encode())

@@ -17,10 +17,12 @@ from secureig.policy import (
     Gatekeeper,
     InvalidModel,
     InvalidRequest,
+    LimiterDown,
     ModelNotFound,
     NoModels,
     Operation,
     Refusal,
+    TooManyRequests,
     Unauthenticated,
     UpstreamDown,
 )
@@ -34,6 +36,7 @@ from secureig.surfaces._asgi import (
     StreamAborted,
     api_key,
     cancel_on_disconnect,
+    client_address,
     exchange_of,
     read_body,
     respond,
@@ -62,13 +65,20 @@ class SeedRequest(BaseModel):
 
 
 class SeedError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def _refusal_error(refusal: Refusal) -> SeedError:
+    if isinstance(refusal, TooManyRequests):
+        return SeedError(429, f"Too many requests: {refusal.message}", refusal.headers)
+    if isinstance(refusal, LimiterDown):
+        return SeedError(503, f"Service unavailable: {refusal.message}")
     if isinstance(refusal, Unauthenticated):
         return SeedError(403, f"Unauthorized access: {refusal.message}")
     if isinstance(refusal, Forbidden):
@@ -123,6 +133,7 @@ class SeedSurface:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = exchange_of(scope)
+        exchange.surface, exchange.route = "seed", Operation.GENERATE.value
         if scope["method"] != "POST":
             await respond(send, 405, b"Method not allowed: use POST", TEXT, [(b"allow", b"POST")])
             return
@@ -130,7 +141,7 @@ class SeedSurface:
             await self._handle(scope, receive, send, exchange)
         except SeedError as exc:
             # An oversized upload is not drained for keep-alive: the connection closes instead.
-            extra = [(b"connection", b"close")] if exc.status == 413 else None
+            extra = [(b"connection", b"close")] if exc.status == 413 else exc.headers
             await respond(send, exc.status, exc.message.encode(), TEXT, extra)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
@@ -138,8 +149,7 @@ class SeedSurface:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         try:
             # Key and scope are checked before the body is read: a stranger's upload costs nothing.
-            principal = self._gate.authenticate(api_key(scope))
-            ex.key_name = principal.name
+            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
             self._gate.check_scope(principal, Operation.GENERATE)
             body = await read_body(scope, receive, self._limit)
         except Refusal as refusal:
@@ -158,7 +168,9 @@ class SeedSurface:
         if seed.options:
             upstream_body["options"] = seed.options
         try:
-            admission = await self._gate.admit(principal, Operation.GENERATE, upstream_body)
+            admission = await self._gate.admit(
+                principal, Operation.GENERATE, ex.ledger, upstream_body
+            )
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
         assert admission.upstream is not None
@@ -190,6 +202,8 @@ class SeedSurface:
             piece = line.get("response")
             if isinstance(piece, str):
                 parts.append(piece)
+            if line.get("done"):
+                ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
         # Nothing left before the upstream finished: all of that wait was the upstream's.
         ex.upstream_seconds = time.perf_counter() - started
         await respond(send, 200, "".join(parts).encode(), TEXT)
@@ -213,13 +227,15 @@ class SeedSurface:
             }
         )
         if first is not None:
-            await self._send_piece(send, first)
+            await self._send_piece(send, first, ex)
             async for line in lines:
-                await self._send_piece(send, line)
+                await self._send_piece(send, line, ex)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
-    async def _send_piece(send: Send, line: dict[str, Any]) -> None:
+    async def _send_piece(send: Send, line: dict[str, Any], ex: Exchange) -> None:
+        if line.get("done"):
+            ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
         piece = line.get("response")
         if isinstance(piece, str) and piece:
             await send({"type": "http.response.body", "body": piece.encode(), "more_body": True})

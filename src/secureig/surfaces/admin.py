@@ -1,0 +1,240 @@
+"""The admin API (`/admin/*`): keys, usage and models, for keys with the admin scope.
+
+It is served by FastAPI for its schema and validation: these routes are not on the hot path.
+Errors are `{"error": "<string>"}`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves the route annotations at import,
+# and `Admin` is local to admin_router.
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from secureig.credentials import parse_scopes
+from secureig.durations import parse_duration
+from secureig.names import InvalidModelName
+from secureig.policy import (
+    Gatekeeper,
+    LimiterDown,
+    Operation,
+    Principal,
+    Refusal,
+    TooManyRequests,
+    Unauthenticated,
+)
+from secureig.store import UNCHANGED, KeyLimits, KeyRecord, KeyStore, KeyStoreError
+from secureig.store.keystore import KeyExists, KeyNotFound
+from secureig.store.usage import UsageStore
+from secureig.surfaces._asgi import api_key, client_address, exchange_of
+from secureig.upstream import ModelCatalog
+
+
+class AdminError(HTTPException):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+
+
+class LimitsIn(BaseModel):
+    """Limits to set; on update, omitted fields stay and 0 removes a limit."""
+
+    max_num_ctx: int | None = Field(default=None, ge=0)
+    max_num_predict: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    daily_tokens: int | None = Field(default=None, ge=0)
+
+
+class KeyCreate(LimitsIn):
+    name: str
+    scopes: list[Literal["inference", "manage", "admin"]] = ["inference"]
+    models: list[str] = Field(
+        default_factory=list, description="Names or globs; empty: every model."
+    )
+    expires_in: str | None = Field(default=None, description="90s, 45m, 12h, 30d")
+
+
+class KeyUpdate(LimitsIn):
+    scopes: list[Literal["inference", "manage", "admin"]] | None = None
+    models: list[str] | None = None
+    expires_in: str | None = Field(default=None, description="90s, 45m, 12h, 30d, or never")
+
+
+class KeyOut(BaseModel):
+    name: str
+    prefix: str
+    scopes: list[str]
+    models: list[str]
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    limits: dict[str, int | None]
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> "KeyOut":
+        return cls(
+            name=record.name,
+            prefix=record.prefix,
+            scopes=sorted(s.value for s in record.scopes),
+            models=list(record.models),
+            status=record.status,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+            last_used_at=record.last_used_at,
+            limits=dict(record.limits.pairs()),
+        )
+
+
+class KeyWithSecret(BaseModel):
+    key: KeyOut
+    secret: str = Field(description="Shown only in this answer; store it now.")
+
+
+class UsageOut(BaseModel):
+    group: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def _expiry(text: str | None) -> datetime | None:
+    if text is None or text.strip().lower() == "never":
+        return None
+    try:
+        return datetime.now(UTC) + parse_duration(text)
+    except ValueError as exc:
+        raise AdminError(400, str(exc)) from None
+
+
+def admin_router(
+    gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, catalog: ModelCatalog
+) -> APIRouter:
+    async def admin(request: Request) -> Principal:
+        """Every admin route passes the same policy check as every other request."""
+        ledger = exchange_of(request.scope).ledger
+        exchange_of(request.scope).surface = "admin"
+        exchange_of(request.scope).route = Operation.ADMIN.value
+        try:
+            principal = gatekeeper.authenticate(
+                api_key(request.scope), client_address(request.scope), ledger
+            )
+            await gatekeeper.admit(principal, Operation.ADMIN, ledger)
+        except TooManyRequests as exc:
+            headers = {k.decode(): v.decode() for k, v in exc.headers}
+            raise AdminError(429, exc.message, headers) from None
+        except Unauthenticated as exc:
+            raise AdminError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from None
+        except LimiterDown as exc:
+            raise AdminError(503, exc.message) from None
+        except Refusal as exc:
+            raise AdminError(403, exc.message) from None
+        return principal
+
+    Admin = Annotated[Principal, Depends(admin)]
+    router = APIRouter(prefix="/admin", tags=["admin"])
+
+    @router.get("/keys")
+    async def list_keys(_: Admin, include_revoked: bool = False) -> list[KeyOut]:
+        """Every key (never a secret)."""
+        return [KeyOut.of(r) for r in await keys.list(include_revoked=include_revoked)]
+
+    @router.post("/keys", status_code=201)
+    async def create_key(_: Admin, body: KeyCreate) -> KeyWithSecret:
+        """Create a key; its secret is in this answer only."""
+        limits = KeyLimits().changed(**body.model_dump(include=set(LimitsIn.model_fields)))
+        try:
+            record, secret = await keys.create(
+                body.name, parse_scopes(body.scopes), body.models, _expiry(body.expires_in), limits
+            )
+        except KeyExists as exc:
+            raise AdminError(409, str(exc)) from None
+        except (KeyStoreError, InvalidModelName, ValueError) as exc:
+            raise AdminError(400, _message(exc)) from None
+        return KeyWithSecret(key=KeyOut.of(record), secret=secret)
+
+    async def _live(name: str) -> KeyRecord:
+        record = next((r for r in await keys.list() if r.name == name), None)
+        if record is None:
+            raise AdminError(404, f"no live key named {name!r}")
+        return record
+
+    @router.patch("/keys/{name}")
+    async def update_key(_: Admin, name: str, body: KeyUpdate) -> KeyOut:
+        """Change scopes, models, expiry or limits; the secret stays."""
+        current = await _live(name)
+        changes = body.model_dump(include=set(LimitsIn.model_fields), exclude_unset=True)
+        try:
+            record = await keys.update(
+                name,
+                scopes=parse_scopes(body.scopes) if body.scopes is not None else None,
+                models=body.models,
+                expires_at=(
+                    _expiry(body.expires_in) if "expires_in" in body.model_fields_set else UNCHANGED
+                ),
+                limits=current.limits.changed(**changes),
+            )
+        except KeyNotFound as exc:
+            raise AdminError(404, str(exc)) from None
+        except (KeyStoreError, InvalidModelName) as exc:
+            raise AdminError(400, _message(exc)) from None
+        return KeyOut.of(record)
+
+    @router.delete("/keys/{name}")
+    async def revoke_key(_: Admin, name: str) -> KeyOut:
+        """Revoke a key; every replica refuses it within 2 seconds."""
+        try:
+            return KeyOut.of(await keys.revoke(name))
+        except KeyNotFound as exc:
+            raise AdminError(404, str(exc)) from None
+
+    @router.post("/keys/{name}/rotate")
+    async def rotate_key(_: Admin, name: str) -> KeyWithSecret:
+        """A new secret for the key, in this answer only; the old one stops working."""
+        try:
+            record, secret = await keys.rotate(name)
+        except KeyNotFound as exc:
+            raise AdminError(404, str(exc)) from None
+        return KeyWithSecret(key=KeyOut.of(record), secret=secret)
+
+    @router.get("/usage")
+    async def usage_totals(
+        _: Admin,
+        by: Literal["key", "model", "day"] = "key",
+        since: Annotated[str, Query(description="12h, 7d, 30d")] = "7d",
+        key: str | None = None,
+        model: str | None = None,
+    ) -> list[UsageOut]:
+        """Requests and tokens per key, model or day, as `secureig usage` prints them."""
+        try:
+            start = datetime.now(UTC) - parse_duration(since)
+        except ValueError as exc:
+            raise AdminError(400, str(exc)) from None
+        totals = await usage.totals(by=by, since=start, key=key, model=model)
+        return [UsageOut(**asdict(t), total_tokens=t.total_tokens) for t in totals]
+
+    @router.get("/models")
+    async def models(_: Admin) -> dict[str, Any]:
+        """What discovery found upstream, refreshed now."""
+        state = await catalog.refresh()
+        return {
+            "upstream": catalog.client.base_url,
+            "status": "up" if state.up else "down",
+            "error": state.error,
+            "models": sorted(entry.name for entry in state.models.values()),
+        }
+
+    return router
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, InvalidModelName):
+        return f"invalid model pattern {str(exc)!r}"
+    return str(exc)
