@@ -251,3 +251,37 @@ def postgres_url() -> Iterator[str]:
         yield admin_dsn.rsplit("/", 1)[0] + "/" + name
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+REDIS_URL = os.environ.get("SECUREIG_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_settings() -> Iterator[dict[str, str]]:
+    """Settings for a shared Redis, under a prefix of this test's own, removed afterwards."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
+            pass
+    except OSError as exc:
+        reason = f"Redis is not reachable on 127.0.0.1:6379 ({exc})"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    import redis
+
+    prefix = f"secureig-test-{uuid.uuid4().hex[:10]}:"
+    yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def wait_for_fresh_minute(needed: float = 15.0) -> None:
+    """Calendar-minute limits: start a test with at least `needed` seconds left in the minute."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        time.sleep(left + 0.2)
