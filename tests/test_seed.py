@@ -352,6 +352,6 @@ def test_logs_name_the_key_but_never_the_secret_or_prompt(deployment: Deployment
     assert gateway.post(GRAVITY, key="sig_notakey").status_code == 403
     gateway.stop()
     log = gateway.log()
-    assert "key=logged model=llama2 status=200" in log
+    assert "key=logged model=llama2:latest status=200" in log
     assert key not in log and "sig_notakey" not in log
     assert secret_prompt not in log and "gravity" not in log

@@ -74,7 +74,7 @@ def test_every_authenticated_request_leaves_an_exact_record(
     assert [r["status"] for r in rows].count(403) == 1
     assert {r["surface"] for r in rows} == {"seed", "ollama", "openai"}
     first = rows[0]
-    assert first["route"] == "generate" and first["model"] == "llama2"
+    assert first["route"] == "generate" and first["model"] == "llama2:latest"
     assert first["backend"] == standin.url
     assert first["duration_ms"] > 0 and first["ttfb_ms"] is not None
     assert first["bytes_in"] > 0 and first["bytes_out"] == len("Echo: one")

@@ -43,7 +43,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
 )
-from secureig.surfaces.admin import admin_router
+from secureig.surfaces.admin import AdminGate, admin_router
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
@@ -442,12 +442,16 @@ def create_app(settings: Settings) -> GatewayApp:
         else settings.listens_on_loopback
     )
     metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, public)
+    api = _api(gateway)
+    admin = AdminGate(gateway.gatekeeper, api, settings.max_body_bytes)
     return GatewayApp(
         gateway,
-        routes={"/request": seed, "/api": ollama, "/v1": openai, "/metrics": metrics},
-        prefixes={"/api/": ollama, "/v1/": openai},
-        fallback=_api(gateway),
-    )
+        routes={
+            "/request": seed, "/api": ollama, "/v1": openai, "/metrics": metrics, "/admin": admin,
+        },
+        prefixes={"/api/": ollama, "/v1/": openai, "/admin/": admin},
+        fallback=api,
+    )  # fmt: skip
 
 
 def app_factory() -> GatewayApp:

@@ -105,6 +105,13 @@ class Admission:
     models: tuple[ModelName, ...]
     upstream: TagEntry | None  # the discovered model, for operations that need it to exist
 
+    @property
+    def model(self) -> str | None:
+        """The model's one spelling for logs, metrics and usage: the upstream's, where known."""
+        if self.upstream is not None:
+            return self.upstream.name
+        return self.models[0].display if self.models else None
+
 
 class Gatekeeper:
     """Surfaces call `authenticate` and `check_scope` before reading a body (a stranger's upload

@@ -14,7 +14,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from secureig.policy import Ledger
+from secureig.policy import (
+    Forbidden,
+    InvalidRequest,
+    Ledger,
+    LimiterDown,
+    ModelNotFound,
+    Refusal,
+    TooManyRequests,
+    Unauthenticated,
+    UpstreamDown,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -143,6 +153,26 @@ async def respond(
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def refusal_status(refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The HTTP status (and headers) of a refusal on the JSON surfaces."""
+    if isinstance(refusal, TooManyRequests):
+        return 429, refusal.headers
+    if isinstance(refusal, Unauthenticated):
+        return 401, [(b"www-authenticate", b"Bearer")]
+    status = 403
+    if isinstance(refusal, LimiterDown):
+        status = 503
+    elif isinstance(refusal, ModelNotFound):
+        status = 404
+    elif isinstance(refusal, UpstreamDown):
+        status = 502
+    elif isinstance(refusal, InvalidRequest):
+        status = 400
+    elif isinstance(refusal, Forbidden):
+        status = 403
+    return status, []
 
 
 def json_bytes(value: object) -> bytes:

@@ -1,7 +1,7 @@
 """The admin API (`/admin/*`): keys, usage and models, for keys with the admin scope.
 
-It is served by FastAPI for its schema and validation: these routes are not on the hot path.
-Errors are `{"error": "<string>"}`.
+FastAPI serves it, for its schema and validation (these routes are not on the hot path), behind
+AdminGate, which checks the key first. Errors are `{"error": "<string>"}`.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves the route annotations at import,
@@ -16,19 +16,25 @@ from pydantic import BaseModel, Field
 from secureig.credentials import parse_scopes
 from secureig.durations import parse_duration
 from secureig.names import InvalidModelName
-from secureig.policy import (
-    Gatekeeper,
-    LimiterDown,
-    Operation,
-    Principal,
-    Refusal,
-    TooManyRequests,
-    Unauthenticated,
-)
+from secureig.policy import Gatekeeper, Operation, Principal, Refusal
 from secureig.store import UNCHANGED, KeyLimits, KeyRecord, KeyStore, KeyStoreError
 from secureig.store.keystore import KeyExists, KeyNotFound
 from secureig.store.usage import UsageStore
-from secureig.surfaces._asgi import api_key, client_address, exchange_of
+from secureig.surfaces._asgi import (
+    ASGIApp,
+    BodyTooLarge,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    api_key,
+    client_address,
+    exchange_of,
+    read_body,
+    refusal_status,
+    respond_json,
+)
 from secureig.upstream import ModelCatalog
 
 
@@ -114,28 +120,60 @@ def _expiry(text: str | None) -> datetime | None:
         raise AdminError(400, str(exc)) from None
 
 
+class AdminGate:
+    """In front of the admin routes: the key and the body's size are checked before FastAPI
+    reads or parses anything, so a stranger's upload costs nothing."""
+
+    def __init__(self, gatekeeper: Gatekeeper, app: ASGIApp, max_body_bytes: int) -> None:
+        self._gate = gatekeeper
+        self._app = app
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        ex.surface, ex.route = "admin", Operation.ADMIN.value
+        try:
+            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+            await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
+        except Refusal as refusal:
+            status, headers = refusal_status(refusal)
+            await respond_json(send, status, {"error": refusal.message}, headers)
+            return
+        try:
+            body = await read_body(scope, receive, self._limit)
+        except BodyTooLarge as exc:
+            await respond_json(
+                send, 413, {"error": f"request body is larger than {exc.limit} bytes"},
+                [(b"connection", b"close")],
+            )  # fmt: skip
+            return
+        except ClientGone:
+            ex.status, ex.outcome = 499, "client-disconnected"
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            # The body once, as read; afterwards whatever the server says (a disconnect).
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self._app(scope, replay, send)
+
+
 def admin_router(
     gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, catalog: ModelCatalog
 ) -> APIRouter:
     async def admin(request: Request) -> Principal:
-        """Every admin route passes the same policy check as every other request."""
-        ledger = exchange_of(request.scope).ledger
-        exchange_of(request.scope).surface = "admin"
-        exchange_of(request.scope).route = Operation.ADMIN.value
-        try:
-            principal = gatekeeper.authenticate(
-                api_key(request.scope), client_address(request.scope), ledger
-            )
-            await gatekeeper.admit(principal, Operation.ADMIN, ledger)
-        except TooManyRequests as exc:
-            headers = {k.decode(): v.decode() for k, v in exc.headers}
-            raise AdminError(429, exc.message, headers) from None
-        except Unauthenticated as exc:
-            raise AdminError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from None
-        except LimiterDown as exc:
-            raise AdminError(503, exc.message) from None
-        except Refusal as exc:
-            raise AdminError(403, exc.message) from None
+        """The principal AdminGate admitted; refused here too, should a route ever be reached
+        around the gate."""
+        principal = exchange_of(request.scope).ledger.principal
+        if principal is None:
+            raise AdminError(401, "no API key", {"WWW-Authenticate": "Bearer"})
+        if not principal.is_admin:
+            raise AdminError(403, f"the key {principal.name!r} lacks the 'admin' scope")
         return principal
 
     Admin = Annotated[Principal, Depends(admin)]

@@ -18,15 +18,9 @@ from secureig.policy import (
     SPECS,
     Forbidden,
     Gatekeeper,
-    InvalidRequest,
-    LimiterDown,
-    ModelNotFound,
     Operation,
     Principal,
     Refusal,
-    TooManyRequests,
-    Unauthenticated,
-    UpstreamDown,
 )
 from secureig.surfaces._asgi import (
     JSON,
@@ -43,6 +37,7 @@ from secureig.surfaces._asgi import (
     header,
     json_bytes,
     read_body,
+    refusal_status,
     respond,
     respond_json,
 )
@@ -92,21 +87,8 @@ class NativeError(Exception):
 
 
 def _refusal_error(refusal: Refusal) -> NativeError:
-    if isinstance(refusal, TooManyRequests):
-        return NativeError(429, refusal.message, refusal.headers)
-    if isinstance(refusal, LimiterDown):
-        return NativeError(503, refusal.message)
-    if isinstance(refusal, Unauthenticated):
-        return NativeError(401, refusal.message, [(b"www-authenticate", b"Bearer")])
-    if isinstance(refusal, Forbidden):
-        return NativeError(403, refusal.message)
-    if isinstance(refusal, ModelNotFound):
-        return NativeError(404, refusal.message)
-    if isinstance(refusal, UpstreamDown):
-        return NativeError(502, refusal.message)
-    if isinstance(refusal, InvalidRequest):
-        return NativeError(400, refusal.message)
-    return NativeError(403, refusal.message)
+    status, headers = refusal_status(refusal)
+    return NativeError(status, refusal.message, headers)
 
 
 def _upstream_error(error: UpstreamError) -> NativeError:
@@ -199,8 +181,7 @@ class OllamaSurface:
             admission = await self._gate.admit(principal, operation, ex.ledger, data)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
-        if admission.models:
-            ex.model = admission.models[0].display
+        ex.model = admission.model or ex.model
 
         if operation in (Operation.LIST_MODELS, Operation.RUNNING):
             await self._listing(send, ex, principal, path, head=method == "HEAD")

@@ -234,9 +234,10 @@ class OpenAISurface:
             raise OpenAIError(400, exc.message, "invalid_request_error", param=exc.param) from None
         ex.model = plan.model
         try:
-            await self._gate.admit(principal, operation, ex.ledger, plan.native)
+            admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
+        ex.model = admission.model
 
         started = time.perf_counter()
         async with cancel_on_disconnect(receive, ex):
@@ -356,6 +357,7 @@ class OpenAISurface:
                 principal, Operation.SHOW, ex.ledger, {"model": model}
             )
             entry = await self._gate.locate(admission.models[0], model)
+            ex.model = admission.model
         except Refusal as refusal:
             raise _refusal_error(refusal) from None
         await respond_json(send, 200, model_object(model, entry.modified_at))

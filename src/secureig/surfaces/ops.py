@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from secureig.policy import Gatekeeper, Operation, Refusal, TooManyRequests, Unauthenticated
+from secureig.policy import Gatekeeper, Operation, Refusal
 from secureig.surfaces._asgi import (
     Receive,
     Scope,
@@ -17,6 +17,7 @@ from secureig.surfaces._asgi import (
     api_key,
     client_address,
     exchange_of,
+    refusal_status,
     respond,
     respond_json,
 )
@@ -72,10 +73,8 @@ class MetricsEndpoint:
                 )
                 await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
             except Refusal as refusal:
-                status = 401 if isinstance(refusal, Unauthenticated) else 403
-                if isinstance(refusal, TooManyRequests):
-                    status = 429
-                await respond_json(send, status, {"error": refusal.message})
+                status, headers = refusal_status(refusal)
+                await respond_json(send, status, {"error": refusal.message}, headers)
                 return
         body = b"" if scope["method"] == "HEAD" else self._render()
         await respond(send, 200, body, CONTENT_TYPE_LATEST.encode())

@@ -175,6 +175,7 @@ class SeedSurface:
             raise _refusal_error(refusal) from None
         assert admission.upstream is not None
         upstream_body["model"] = admission.upstream.name
+        ex.model = admission.model
 
         started = time.perf_counter()
         async with cancel_on_disconnect(receive, ex):
