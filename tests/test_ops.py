@@ -31,7 +31,10 @@ def test_health_and_root_need_no_key_and_no_upstream(
 def test_readyz_reports_store_and_upstream(shared: Deployment, standin: OllamaStandIn) -> None:
     response = httpx.get(shared.gateways[0].url + "/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "store": "ok", "upstreams": {standin.url: "up"}}
+    assert response.json() == {
+        "status": "ready", "store": "ok", "limits": "in-process",
+        "upstreams": {standin.url: "up"},
+    }  # fmt: skip
 
 
 def test_openapi_describes_the_seed_endpoint(shared: Deployment) -> None:

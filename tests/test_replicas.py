@@ -94,6 +94,10 @@ def test_limits_keys_and_usage_are_shared(
     assert counts["rpm5"] == 12  # the refused ones too, with their status
     report = cli("usage", "--by", "key").stdout
     assert "cap2" in report and "rpm5" in report
+    deployment.cli.env = {**deployment.env, "SECUREIG_REDIS_URL": redis_settings["redis_url"]}
+    assert "limits    ok    Redis at redis://127.0.0.1:6379/0" in cli("check").stdout
+    ready = httpx.get(a + "/readyz").json()
+    assert ready["limits"] == "ok" and ready["store"] == "ok"
 
 
 def test_a_replica_without_redis_refuses_limited_keys_honestly(
@@ -107,3 +111,8 @@ def test_a_replica_without_redis_refuses_limited_keys_honestly(
     assert response.status_code == 503
     assert "rate limiter unavailable" in response.json()["error"]
     assert _gen(gateway.url, free) == 200
+    ready = httpx.get(gateway.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["limits"] == "unreachable"
+    deployment.cli.env = {**deployment.env, "SECUREIG_REDIS_URL": "redis://127.0.0.1:1/0"}
+    check = deployment.cli("check", check=False)
+    assert check.returncode == 1 and "limits    FAIL  rate limiter unavailable" in check.stdout

@@ -78,7 +78,7 @@ def refusal_reason(settings: Settings, live_keys: int) -> str | None:
     )
 
 
-def _limiter(settings: Settings) -> Limiter:
+def build_limiter(settings: Settings) -> Limiter:
     if settings.redis_url is None:
         return LocalLimiter()
     from secureig.policy.redis_limits import RedisLimiter
@@ -116,7 +116,7 @@ class Gateway:
             max_connections=settings.upstream_max_connections,
         )
         self.catalog = ModelCatalog(self.client, settings.discovery_interval)
-        self.limiter = _limiter(settings)
+        self.limiter = build_limiter(settings)
         self.gatekeeper = Gatekeeper(
             self.keyring,
             self.catalog,
@@ -246,11 +246,21 @@ class Gateway:
         state = self.catalog.state
         if time.monotonic() - state.refreshed_at > 2.0:
             state = await self.catalog.refresh()
+        limits = "in-process"
+        if self.settings.redis_url is not None:
+            # Reported, not required: without Redis only keys with limits are refused, on
+            # every replica alike.
+            try:
+                await asyncio.wait_for(self.limiter.ping(), timeout=2.0)
+                limits = "ok"
+            except Exception:
+                limits = "unreachable"
         ready = store == "ok" and not self.draining
         status = "draining" if self.draining else ("ready" if ready else "not ready")
         return ready, {
             "status": status,
             "store": store,
+            "limits": limits,
             "upstreams": {self.settings.ollama_url: "up" if state.up else "down"},
         }
 

@@ -589,6 +589,11 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 # models and check
 
 
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
 def _upstream_models(settings: Settings) -> list[TagEntry]:
     """The upstream's `/api/tags`, with short timeouts: a CLI answer should not hang."""
 
@@ -663,6 +668,26 @@ def check(
             "keys      warn  the bootstrap key 'admin' is active until an admin key exists"
             " (secureig keys create NAME --scope admin)"
         )
+
+    if settings.redis_url is None:
+        typer.echo("limits    ok    in process (one replica; set SECUREIG_REDIS_URL for several)")
+    else:
+        from secureig.app import build_limiter
+
+        async def ping() -> None:
+            limiter = build_limiter(settings)
+            await limiter.start()
+            try:
+                await limiter.ping()
+            finally:
+                await limiter.close()
+
+        try:
+            run(ping())
+            typer.echo(f"limits    ok    Redis at {_redacted(settings.redis_url)}")
+        except Exception as exc:
+            failures += 1
+            typer.echo(f"limits    FAIL  {exc}")
 
     try:
         count = len(_upstream_models(settings))

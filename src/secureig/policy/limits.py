@@ -72,6 +72,10 @@ class Limiter(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise LimiterUnavailable when the shared limiter cannot be reached."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -160,6 +164,9 @@ class LocalLimiter:
         return None
 
     async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
         return None
 
     async def acquire(self, subject: str, limits: Limits) -> Ticket:
