@@ -58,3 +58,27 @@ def test_store_outage_fails_readiness_but_keys_keep_working(
     # Verification is in memory: the last known keys still serve while the store is away.
     assert gateway.post(HI, key=key).status_code == 200
     assert wait_until(lambda: "key store unreachable" in gateway.log(), timeout=5)
+
+
+def test_processes_starting_together_migrate_once(
+    deployment: Deployment, standin: OllamaStandIn, postgres_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    for url in (postgres_url, f"sqlite:///{deployment.tmp / 'together.db'}"):
+        env = base_env(url, standin.url)
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "secureig", "keys", "list"],
+                env=env,
+                cwd=deployment.tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=60) for p in processes]
+        assert [p.returncode for p in processes] == [0, 0, 0, 0], results
+        assert all("No keys in" in err for _, err in results)

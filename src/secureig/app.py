@@ -170,6 +170,8 @@ class Gateway:
                 error,
                 self.settings.discovery_interval,
             )
+        redis = self.settings.redis_url
+        log.info("limits: %s", "shared through Redis" if redis else "in this process")
         if self.keyring.bootstrap_active:
             which = "SECUREIG_ADMIN_KEY" if self.settings.admin_key else f"{BOOTSTRAP_KEY!r}"
             log.warning(

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError
@@ -101,11 +101,29 @@ def _is_current(connection: Connection) -> bool:
     return MigrationContext.configure(connection).get_current_revision() == head
 
 
+# Replicas starting together must not migrate together: PostgreSQL serialises them with an
+# advisory lock held for the migration's transaction (any fixed number will do).
+_MIGRATION_LOCK = 0x5EC0_8085
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision; a no-op when it is already there."""
     async with engine.connect() as connection:
         if await connection.run_sync(_is_current):
             return
     log.info("migrating the store schema to the newest revision")
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    try:
+        async with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
+                )
+            # Alembic reads the current revision itself, so a migration that lost the race to
+            # the lock finds nothing left to do.
+            await connection.run_sync(_upgrade)
+    except Exception:
+        # SQLite has no such lock: another process may have migrated between our look and our
+        # write. If the schema is current now, all is well.
+        async with engine.connect() as connection:
+            if not await connection.run_sync(_is_current):
+                raise
