@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test bench lint typecheck unit clean
 
 run: $(STAMP)
 	$(BIN)/secureig serve
@@ -21,6 +21,11 @@ typecheck: $(TEST_STAMP)
 
 unit: $(TEST_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks need wrk (Debian/Ubuntu: apt-get install wrk); they take about six minutes.
+bench: $(TEST_STAMP)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
