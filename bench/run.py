@@ -5,7 +5,8 @@ The gateway runs with everything on: a key with requests-per-minute, tokens-per-
 concurrency limits high enough never to refuse (so the limiter runs on every request), usage
 records written to SQLite, and the access log written to a file. Where the machine has two cores
 the gateway and the floor are pinned to the first, wrk and the backend to the second.
-Run: make bench   (or: .venv/bin/python bench/run.py --help)
+Run: make bench   (or: .venv/bin/python bench/run.py --help). BENCH_LOG_LEVEL=warning measures
+the gateway without its access log.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def main() -> None:
         **env,
         "SECUREIG_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
         "SECUREIG_OLLAMA_URL": backend,
-        "SECUREIG_LOG_LEVEL": "info",
+        "SECUREIG_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
     }
     key = subprocess.run(
         [PYTHON, "-m", "secureig", "keys", "create", "bench", "--rpm", "100000000",

@@ -221,6 +221,11 @@ def _configure_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("uvicorn.error").addFilter(_quiet_aborted_streams)
+    # One access line per request: skip the caller, thread and process lookups no line shows.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     # Alembic narrates every connection; the store logs the one line that matters, a migration.
     logging.getLogger("alembic").setLevel(logging.WARNING)
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -46,6 +46,9 @@ class UsageRecord:
     bytes_out: int
 
 
+_FIELDS = tuple(f.name for f in fields(UsageRecord))
+
+
 @dataclass(frozen=True, slots=True)
 class UsageTotal:
     group: str
@@ -64,8 +67,10 @@ class UsageStore:
         self._engine = engine
 
     async def insert(self, records: list[UsageRecord]) -> None:
+        # dataclasses.asdict deep-copies every value: a plain getattr per field is a tenth of it.
+        rows = [{name: getattr(r, name) for name in _FIELDS} for r in records]
         async with self._engine.begin() as connection:
-            await connection.execute(insert(UsageRow), [asdict(r) for r in records])
+            await connection.execute(insert(UsageRow), rows)
 
     async def totals(
         self,
