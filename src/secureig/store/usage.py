@@ -109,12 +109,6 @@ class UsageStore:
             for grp, n, errors, prompt, completion in rows
         ]
 
-    async def count(self) -> int:
-        async with self._engine.connect() as connection:
-            return int(
-                (await connection.execute(select(func.count()).select_from(UsageRow))).scalar_one()
-            )
-
 
 class UsageWriter:
     """Holds records in memory and writes them in batches from one background task."""
