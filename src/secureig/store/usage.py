@@ -130,17 +130,19 @@ class UsageWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing_since: float | None = None
+        self._in_flight = 0  # records taken out for an insert that has not finished yet
+        self._closing = False
         self._on_drop = on_drop
         self.dropped = 0
         self.written = 0
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._in_flight
 
     def record(self, record: UsageRecord) -> None:
         """Hand over a record; never blocks, never raises."""
-        if len(self._pending) >= self._max_pending:
+        if self.pending >= self._max_pending:
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop(1)
@@ -159,29 +161,35 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run(), name="secureig-usage-writer")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
+            if self._closing:
+                return
             await self.flush()
-            if self._failing_since is not None:
+            if self._failing_since is not None and not self._closing:
                 # Back off while the store is away; records keep waiting in memory.
-                await asyncio.sleep(min(self._interval * 2, 5.0))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(self._interval * 2, 5.0))
 
     async def flush(self) -> bool:
         """Write everything held; False if the store refused (the records stay held)."""
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
+            self._in_flight = len(batch)
             try:
                 await self._store.insert(batch)
             except Exception as exc:
                 self._pending.extendleft(reversed(batch))
+                self._in_flight = 0
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.warning(
                         "usage store unavailable, holding %d records: %s", len(self._pending), exc
                     )
                 return False
+            self._in_flight = 0
             self.written += len(batch)
             if self._failing_since is not None:
                 log.info("usage store back after %.1fs", time.monotonic() - self._failing_since)
@@ -189,11 +197,12 @@ class UsageWriter:
         return True
 
     async def close(self, grace: float) -> None:
-        """Stop the task and write what is held, retrying for up to `grace` seconds."""
+        """Write what is held, retrying for up to `grace` seconds. The background task is asked
+        to stop, never cancelled mid-insert, so no batch is lost or written twice."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         deadline = time.monotonic() + grace
         while not await self.flush():
             if time.monotonic() >= deadline:
