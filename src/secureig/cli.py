@@ -171,33 +171,20 @@ def run(coroutine: Awaitable[T]) -> T:
     return asyncio.run(wrapper())
 
 
-async def _with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+async def _on_store(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Open the store, bring its schema up to date, run `action`, close it."""
     engine = create_engine(settings.database_url)
     try:
         await migrate(engine)
-        return await action(KeyStore(engine))
+        return await action(engine)
     finally:
         await engine.dispose()
 
 
 def with_engine(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    async def go() -> T:
-        engine = create_engine(settings.database_url)
-        try:
-            await migrate(engine)
-            return await action(engine)
-        finally:
-            await engine.dispose()
-
+    """`action` on the store; the errors an operator can act on become a clear message."""
     try:
-        return run(go())
-    except (DatabaseURLError, OSError) as exc:
-        raise fail(f"cannot read the store ({describe(settings.database_url)}): {exc}") from None
-
-
-def with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
-    try:
-        return run(_with_store(settings, action))
+        return run(_on_store(settings, action))
     except (KeyStoreError, InvalidModelName, DatabaseURLError) as exc:
         message = str(exc)
         if isinstance(exc, InvalidModelName):
@@ -207,6 +194,10 @@ def with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -
         raise fail(
             f"cannot reach the key store ({describe(settings.database_url)}): {exc}"
         ) from None
+
+
+def with_store(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    return with_engine(settings, lambda engine: action(KeyStore(engine)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,7 +641,7 @@ def check(
         return await store.count_live(), await store.list()
 
     try:
-        live, records = run(_with_store(settings, store_facts))
+        live, records = run(_on_store(settings, lambda engine: store_facts(KeyStore(engine))))
         typer.echo(f"store     ok    {describe(settings.database_url)}, {live} live keys")
     except Exception as exc:
         failures += 1
