@@ -118,12 +118,16 @@ async def migrate(engine: AsyncEngine) -> None:
                 await connection.execute(
                     text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
                 )
+            elif connection.dialect.name == "sqlite":
+                # SQLite's write lock, taken up front: a second process waits (busy_timeout),
+                # then finds every migration done. DDL is transactional in SQLite.
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
             # Alembic reads the current revision itself, so a migration that lost the race to
             # the lock finds nothing left to do.
             await connection.run_sync(_upgrade)
     except Exception:
-        # SQLite has no such lock: another process may have migrated between our look and our
-        # write. If the schema is current now, all is well.
+        # Another process may have migrated between our look and our write (a SQLite file
+        # created by an older release, say). If the schema is current now, all is well.
         async with engine.connect() as connection:
             if not await connection.run_sync(_is_current):
                 raise
