@@ -1,8 +1,9 @@
-"""Which async HTTP client should talk to the upstream? aiohttp and httpx, measured in one run.
+"""Which async HTTP client should talk to the upstream? The gateway's own (secureig's
+ConnectionPool), aiohttp and httpx, measured in one run.
 
-Starts the Ollama stand-in (a separate process, loopback only), then sends the same bounded load
-through each client in turn, A B A B, and prints requests/s and client CPU per request, with the
-ratio of aiohttp to httpx. Run: `.venv/bin/python bench/upstream_client.py [--requests 2000]`.
+Starts the fast Ollama stand-in (a separate process, loopback only), then sends the same bounded
+load through each client in turn, A B C A B C, and prints requests/s and client CPU per request,
+with ratios against aiohttp. Run: `.venv/bin/python bench/upstream_client.py [--requests 2000]`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from secureig.upstream.connections import ConnectionPool, Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = json.dumps({"model": "llama2", "prompt": "hello there", "stream": False}).encode()
@@ -65,6 +68,20 @@ async def with_httpx(url: str, requests: int, concurrency: int) -> None:
         await drive(send, requests, concurrency)
 
 
+async def with_secureig(url: str, requests: int, concurrency: int) -> None:
+    origin, _, path = url.partition("/api/")
+    pool = ConnectionPool(origin, Timeouts(connect=5, read=60, total=60), max_connections=100)
+
+    async def send() -> None:
+        response = await pool.send("POST", "/api/" + path, BODY)
+        await response.read()
+        response.release()
+        assert response.status == 200
+
+    await drive(send, requests, concurrency)
+    await pool.aclose()
+
+
 def measure(
     run: Callable[[str, int, int], Coroutine[Any, Any, None]], url: str, n: int, c: int
 ) -> tuple[float, float]:
@@ -81,15 +98,9 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
+    # The fast stand-in, so the clients are what is measured, not the backend.
     standin = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "standin.py"),
-            "--port",
-            str(port),
-            "--chunk-delay",
-            "0",
-        ],
+        [sys.executable, str(ROOT / "bench" / "fast_ollama.py"), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -97,15 +108,16 @@ def main() -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/version").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/api/tags").status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}/api/generate"
-        results: dict[str, list[tuple[float, float]]] = {"aiohttp": [], "httpx": []}
+        clients = {"secureig": with_secureig, "aiohttp": with_aiohttp, "httpx": with_httpx}
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
         for _ in range(args.repetitions):
-            results["aiohttp"].append(measure(with_aiohttp, url, args.requests, args.concurrency))
-            results["httpx"].append(measure(with_httpx, url, args.requests, args.concurrency))
+            for name, run in clients.items():
+                results[name].append(measure(run, url, args.requests, args.concurrency))
     finally:
         standin.terminate()
         standin.wait(timeout=10)
@@ -115,11 +127,10 @@ def main() -> None:
         for name, runs in results.items()
     }
     print(f"{args.requests} requests x {args.repetitions}, concurrency {args.concurrency}, medians")
-    print(f"{'client':8}  {'req/s':>8}  {'client CPU ms/req':>18}")
+    print(f"{'client':8}  {'req/s':>8}  {'client CPU ms/req':>18}  {'x aiohttp req/s':>15}")
+    base = medians["aiohttp"][0]
     for name, (rate, cpu) in medians.items():
-        print(f"{name:8}  {rate:8.0f}  {cpu:18.3f}")
-    a, h = medians["aiohttp"], medians["httpx"]
-    print(f"aiohttp/httpx: {a[0] / h[0]:.2f}x requests/s, {h[1] / a[1]:.2f}x less CPU per request")
+        print(f"{name:8}  {rate:8.0f}  {cpu:18.3f}  {rate / base:15.2f}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,29 @@
-"""An Ollama backend client: pooled aiohttp connections, explicit timeouts, NDJSON as it arrives.
+"""An Ollama backend client: explicit timeouts and a connection cap, NDJSON as it arrives.
 
-It knows URLs and bytes, never keys: the only headers it sends are its own, and aiohttp sets
-`Host` from the upstream URL, which Ollama's DNS-rebinding guard requires.
+It knows URLs and bytes, never keys: the only headers it sends are its own, and `Host` names the
+upstream as its URL does, which Ollama's DNS-rebinding guard requires.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from secureig import __version__
+from secureig.upstream.connections import (
+    ConnectError,
+    ConnectionPool,
+    HTTPError,
+    ReadTimeout,
+    Response,
+    ServerDisconnected,
+    Timeout,
+    Timeouts,
+)
 
 _HEADERS = {
     "Content-Type": "application/json",
@@ -54,13 +61,6 @@ class UpstreamStreamError(UpstreamError):
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float
-    read: float
-    total: float
-
-
-@dataclass(frozen=True, slots=True)
 class TagEntry:
     """One model as `/api/tags` lists it."""
 
@@ -71,27 +71,35 @@ class TagEntry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _broken(exc: HTTPError) -> UpstreamError:
+    """An error after the answer began: the stream is cut short."""
+    if isinstance(exc, Timeout):
+        return UpstreamTimeout("upstream stopped sending before it finished")
+    return UpstreamStreamError(f"upstream connection broke off: {exc}")
+
+
 class RawResponse:
     """An open upstream answer, passed through as bytes."""
 
-    def __init__(self, response: aiohttp.ClientResponse, waited: float) -> None:
+    def __init__(self, response: Response) -> None:
         self.response = response
         self.status = response.status
-        self.content_type = response.headers.get("Content-Type", "")
-        self.waited = waited  # seconds until the upstream's response headers
+        self.content_type = response.header(b"content-type") or ""
+        self.waited = response.waited  # seconds until the upstream's response headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a broken connection raises UpstreamStreamError."""
         try:
-            async for chunk in self.response.content.iter_any():
+            async for chunk in self.response.chunks():
                 yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamStreamError(f"upstream connection broke off: {_reason(exc)}") from None
-        except TimeoutError:
-            raise UpstreamTimeout("upstream stopped sending before it finished") from None
+        except HTTPError as exc:
+            raise _broken(exc) from None
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        try:
+            return await self.response.read()
+        except HTTPError as exc:
+            raise _broken(exc) from None
 
     async def error_message(self) -> str:
         return await _error_message(self.response)
@@ -100,7 +108,7 @@ class RawResponse:
 class NDJSONStream:
     """An open upstream answer whose lines are parsed as they arrive."""
 
-    def __init__(self, response: aiohttp.ClientResponse, max_line_bytes: int) -> None:
+    def __init__(self, response: Response, max_line_bytes: int) -> None:
         self._response = response
         self._max_line = max_line_bytes
         self.status = response.status
@@ -109,7 +117,7 @@ class NDJSONStream:
         """Each JSON object in turn; an `{"error": ...}` line raises UpstreamStreamError."""
         buffer = b""
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response.chunks():
                 # Search only the new bytes: a long line arriving in many pieces stays linear.
                 scan = len(buffer)
                 buffer += chunk
@@ -121,10 +129,8 @@ class NDJSONStream:
                     raise UpstreamStreamError(
                         "upstream sent a line longer than the gateway accepts"
                     )
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamStreamError(f"upstream connection broke off: {_reason(exc)}") from None
-        except TimeoutError:
-            raise UpstreamTimeout("upstream stopped sending before it finished") from None
+        except HTTPError as exc:
+            raise _broken(exc) from None
         if buffer.strip():
             yield _parse_line(buffer)
 
@@ -142,24 +148,25 @@ def _parse_line(line: bytes) -> dict[str, Any]:
     return value
 
 
-def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
-    # The OS's words, without addresses: the message may reach clients.
-    code = exc.os_error.errno
-    return os.strerror(code).lower() if code else "cannot connect"
+def _unanswered(exc: HTTPError, what: str) -> UpstreamError:
+    """An error before the answer began."""
+    if isinstance(exc, ReadTimeout):
+        return UpstreamTimeout(f"upstream did not {what} in time")
+    if isinstance(exc, Timeout):
+        return UpstreamTimeout(f"upstream did not {what} in time ({exc})")
+    if isinstance(exc, ConnectError):
+        return UpstreamUnavailable(f"upstream is unreachable ({exc})")
+    if isinstance(exc, ServerDisconnected):
+        return UpstreamUnavailable("upstream closed the connection")
+    return UpstreamUnavailable(f"upstream failed: {exc}")
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-async def _error_message(response: aiohttp.ClientResponse) -> str:
+async def _error_message(response: Response) -> str:
     # An error body is read only as far as a message needs; the rest is dropped with the stream.
-    body = b""
-    while len(body) < _ERROR_BODY_LIMIT:
-        chunk = await response.content.read(_ERROR_BODY_LIMIT - len(body))
-        if not chunk:
-            break
-        body += chunk
+    try:
+        body = (await response.read(_ERROR_BODY_LIMIT))[:_ERROR_BODY_LIMIT]
+    except HTTPError:
+        body = b""
     try:
         value = json.loads(body)
     except ValueError:
@@ -181,58 +188,47 @@ class OllamaClient:
         max_line_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # An upstream mounted below a path (behind another proxy) keeps its prefix.
+        self._prefix = urlsplit(self.base_url).path
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._max_line = max_line_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
 
     async def open(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=30, ttl_dns_cache=60
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=self._timeouts.total,
-                    sock_connect=self._timeouts.connect,
-                    sock_read=self._timeouts.read,
-                ),
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                self.base_url,
+                self._timeouts,
+                max_connections=self._max_connections,
+                keepalive_seconds=30.0,
                 headers=_HEADERS,
-                # Never let aiohttp pick up proxy settings or cookies from anywhere.
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=True,
             )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     @property
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _http(self) -> ConnectionPool:
+        if self._pool is None:
             raise RuntimeError("OllamaClient.open() was not called")
-        return self._session
+        return self._pool
 
     @asynccontextmanager
     async def request(
         self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None = None
     ) -> AsyncIterator[RawResponse]:
         """Send a request and yield the open answer, whatever its status."""
-        started = time.perf_counter()
         try:
-            async with self._http.request(method, self.base_url + path, data=body) as response:
-                yield RawResponse(response, time.perf_counter() - started)
-        except TimeoutError:
-            raise UpstreamTimeout("upstream did not answer in time") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"upstream is unreachable ({_os_reason(exc)})") from None
-        except aiohttp.ServerDisconnectedError:
-            raise UpstreamUnavailable("upstream closed the connection") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream failed: {_reason(exc)}") from None
+            response = await self._http.send(method, self._prefix + path, body)
+        except HTTPError as exc:
+            raise _unanswered(exc, "answer") from None
+        try:
+            yield RawResponse(response)
+        finally:
+            response.release()
 
     @asynccontextmanager
     async def stream(
@@ -250,22 +246,21 @@ class OllamaClient:
 
     async def tags(self) -> list[TagEntry]:
         """The models the upstream serves, as `/api/tags` lists them."""
+        total = self._timeouts.connect + 10
         try:
-            async with self._http.get(
-                self.base_url + "/api/tags",
-                timeout=aiohttp.ClientTimeout(
-                    total=self._timeouts.connect + 10, sock_connect=self._timeouts.connect
-                ),
-            ) as response:
-                if response.status >= 400:
-                    raise UpstreamStatusError(response.status, await _error_message(response))
-                data = await response.json(content_type=None)
-        except TimeoutError:
-            raise UpstreamTimeout("upstream did not list its models in time") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"upstream is unreachable ({_os_reason(exc)})") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamUnavailable(f"upstream failed: {_reason(exc)}") from None
+            response = await self._http.send("GET", self._prefix + "/api/tags", total=total)
+        except HTTPError as exc:
+            raise _unanswered(exc, "list its models") from None
+        try:
+            if response.status >= 400:
+                raise UpstreamStatusError(response.status, await _error_message(response))
+            data = json.loads(await response.read())
+        except HTTPError as exc:
+            raise _unanswered(exc, "list its models") from None
+        except ValueError:
+            raise UpstreamUnavailable("upstream failed: its model list is not JSON") from None
+        finally:
+            response.release()
         models = data.get("models") if isinstance(data, dict) else None
         if not isinstance(models, list):
             raise UpstreamUnavailable("upstream sent no model list")
