@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secureig import __version__
+from secureig.accesslog import AccessLog
 from secureig.config import Settings
 from secureig.metrics import Metrics
 from secureig.policy import (
@@ -51,7 +52,6 @@ from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
 
 log = logging.getLogger("secureig")
-access_log = logging.getLogger("secureig.access")
 
 
 class StartupRefused(Exception):
@@ -125,6 +125,7 @@ class Gateway:
             AuthThrottle(settings.auth_failures_per_minute),
         )
         self.metrics = Metrics()
+        self.access_log = AccessLog()
         self.usage = UsageWriter(
             UsageStore(self.engine),
             batch_size=settings.usage_batch_size,
@@ -190,6 +191,7 @@ class Gateway:
         await self.catalog.stop()
         await self.client.close()
         await self.engine.dispose()
+        self.access_log.flush()
 
     async def finish(self, scope: Scope, ex: Exchange) -> None:
         """After the answer: settle the key's budgets, count, record usage, log one line."""
@@ -201,11 +203,8 @@ class Gateway:
         now = time.perf_counter()
         status = ex.status or 499
         m = self.metrics
-        m.requests.labels(ex.surface, ex.route, str(status)).inc()
-        m.duration.labels(ex.surface, ex.route).observe(now - ex.started)
         ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
-        if ttfb is not None:
-            m.ttfb.labels(ex.surface, ex.route).observe(ttfb)
+        m.answered(ex.surface, ex.route, status, now - ex.started, ttfb)
         if status == 429:
             m.limit_refusals.labels(ex.surface).inc()
         if ledger.principal is None:
@@ -406,22 +405,19 @@ class GatewayApp:
             await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)
 
-    @staticmethod
-    def _log(scope: Scope, exchange: Exchange) -> None:
+    def _log(self, scope: Scope, exchange: Exchange) -> None:
         # The path only: a query string could carry anything, and bodies (prompts) never appear.
+        access = self.gateway.access_log
+        if not access.enabled:
+            return
         duration = (time.perf_counter() - exchange.started) * 1000
         upstream = exchange.upstream_seconds
-        access_log.info(
-            "rid=%s %s %s key=%s model=%s status=%s dur_ms=%.1f upstream_ms=%s%s",
-            exchange.request_id,
-            scope["method"],
-            scope["path"][:200],
-            exchange.key_name or "-",
-            exchange.model or "-",
-            exchange.status or "aborted",
-            duration,
-            f"{upstream * 1000:.1f}" if upstream is not None else "-",
-            f" outcome={exchange.outcome}" if exchange.outcome else "",
+        access.write(
+            f"rid={exchange.request_id} {scope['method']} {scope['path'][:200]}"
+            f" key={exchange.key_name or '-'} model={exchange.model or '-'}"
+            f" status={exchange.status or 'aborted'} dur_ms={duration:.1f}"
+            f" upstream_ms={f'{upstream * 1000:.1f}' if upstream is not None else '-'}"
+            f"{f' outcome={exchange.outcome}' if exchange.outcome else ''}"
         )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

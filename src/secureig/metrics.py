@@ -5,6 +5,8 @@ Labels are bounded: a surface and an operation (never a raw path or a key), a st
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -61,6 +63,28 @@ class Metrics:
         self.usage_dropped = Counter(
             "secureig_usage_records_dropped", "Usage records that could not be held.", registry=r
         )
+
+        # Labelled children by their label values: `labels()` validates and locks on every call,
+        # and this runs once per request.
+        self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    def answered(
+        self, surface: str, route: str, status: int, seconds: float, ttfb: float | None
+    ) -> None:
+        """Count one answered request, its duration and time to first byte."""
+        children = self._answered.get((surface, route, status))
+        if children is None:
+            children = (
+                self.requests.labels(surface, route, str(status)),
+                self.duration.labels(surface, route),
+                self.ttfb.labels(surface, route),
+            )
+            self._answered[(surface, route, status)] = children
+        requests, duration, first_byte = children
+        requests.inc()
+        duration.observe(seconds)
+        if ttfb is not None:
+            first_byte.observe(ttfb)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

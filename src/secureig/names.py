@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import lru_cache
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -106,4 +107,14 @@ def normalize_pattern(pattern: str) -> str:
 
 def pattern_allows(patterns: tuple[str, ...], key: str) -> bool:
     """True when any normalised pattern matches the model key."""
-    return any(p == key or fnmatchcase(key, p) for p in patterns)
+    if key in patterns or "*" in patterns:
+        return True
+    globs = _globs(patterns)
+    return globs is not None and globs.match(key) is not None
+
+
+@lru_cache(maxsize=1024)
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    # One regex per key's pattern set, compiled once: this runs on every request.
+    parts = [translate(p) for p in patterns if _GLOB.search(p)]
+    return re.compile("|".join(parts)) if parts else None

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,27 +184,53 @@ async def respond_json(
     await respond(send, status, json_bytes(value), JSON, extra)
 
 
-@asynccontextmanager
-async def cancel_on_disconnect(receive: Receive, exchange: Exchange) -> AsyncIterator[None]:
-    """Run the block, cancelling it if the client goes away, so the upstream request is dropped at
-    once rather than generating for nobody. That cancellation ends the block quietly."""
-    current = asyncio.current_task()
-    assert current is not None
+# Most answers are over before this; a client gone sooner is noticed this much later.
+WATCH_AFTER = 0.05
 
-    async def watch() -> None:
+
+class CancelOnDisconnect:
+    """`async with CancelOnDisconnect(receive, exchange):` runs the block, cancelling it if the
+    client goes away, so the upstream request is dropped at once rather than generating for
+    nobody. That cancellation ends the block quietly.
+
+    The watch starts only once the block has run for WATCH_AFTER seconds: a task per request
+    would cost more than everything the gateway decides, and a quick answer needs no watching.
+    """
+
+    __slots__ = ("_exchange", "_handle", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive, exchange: Exchange) -> None:
+        self._receive = receive
+        self._exchange = exchange
+        self._watcher: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.current_task()
+        self._handle = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message["type"] == "http.disconnect":
-                current.cancel()
+                assert self._task is not None
+                self._task.cancel()
                 return
 
-    watcher = asyncio.create_task(watch())
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not (watcher.done() and not watcher.cancelled()):
-            raise
-        current.uncancel()
-        exchange.status, exchange.outcome = 499, "client-disconnected"
-    finally:
-        watcher.cancel()
+    async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
+        assert self._handle is not None and self._task is not None
+        self._handle.cancel()
+        watcher = self._watcher
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+        if kind is asyncio.CancelledError:
+            if watcher is None or not watcher.done() or watcher.cancelled():
+                return False  # cancelled by someone else: let it propagate
+            self._task.uncancel()
+            self._exchange.status, self._exchange.outcome = 499, "client-disconnected"
+            return True
+        return False

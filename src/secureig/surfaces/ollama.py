@@ -25,13 +25,13 @@ from secureig.policy import (
 from secureig.surfaces._asgi import (
     JSON,
     BodyTooLarge,
+    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
     Scope,
     Send,
     api_key,
-    cancel_on_disconnect,
     client_address,
     exchange_of,
     header,
@@ -236,7 +236,7 @@ class OllamaSurface:
         payload: bytes | None,
     ) -> None:
         started = time.perf_counter()
-        async with cancel_on_disconnect(receive, ex):
+        async with CancelOnDisconnect(receive, ex):
             try:
                 async with self._client.request(method, path, payload) as raw:
                     ex.upstream_seconds = raw.waited

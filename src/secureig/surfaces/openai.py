@@ -26,13 +26,13 @@ from secureig.policy import (
 )
 from secureig.surfaces._asgi import (
     BodyTooLarge,
+    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
     Scope,
     Send,
     api_key,
-    cancel_on_disconnect,
     client_address,
     exchange_of,
     read_body,
@@ -240,7 +240,7 @@ class OpenAISurface:
         ex.model = admission.model
 
         started = time.perf_counter()
-        async with cancel_on_disconnect(receive, ex):
+        async with CancelOnDisconnect(receive, ex):
             try:
                 path = _NATIVE_PATH[operation]
                 async with self._client.stream(path, plan.native) as (upstream, waited):

@@ -28,6 +28,7 @@ from secureig.policy import (
 )
 from secureig.surfaces._asgi import (
     BodyTooLarge,
+    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
@@ -35,7 +36,6 @@ from secureig.surfaces._asgi import (
     Send,
     StreamAborted,
     api_key,
-    cancel_on_disconnect,
     client_address,
     exchange_of,
     read_body,
@@ -178,7 +178,7 @@ class SeedSurface:
         ex.model = admission.model
 
         started = time.perf_counter()
-        async with cancel_on_disconnect(receive, ex):
+        async with CancelOnDisconnect(receive, ex):
             try:
                 async with self._client.stream("/api/generate", upstream_body) as (
                     upstream,
