@@ -155,13 +155,13 @@ def test_one_round_trip_per_acquire_and_release(shared: Shared, limiter: RedisLi
         async with running(limiter):
             assert limiter._redis is not None
             sent: list[str] = []
-            execute: Any = limiter._redis.execute_command
+            call: Any = limiter._redis.call
 
-            async def counting(*args: Any, **options: Any) -> Any:
+            async def counting(*args: Any) -> Any:
                 sent.append(str(args[0]))
-                return await execute(*args, **options)
+                return await call(*args)
 
-            limiter._redis.execute_command = counting  # type: ignore[method-assign]
+            limiter._redis.call = counting  # type: ignore[method-assign]
             limits = Limits(rpm=10, tpm=1000, concurrency=2, daily_tokens=10_000)
             ticket = await limiter.acquire("s", limits)
             assert sent == ["EVALSHA"]

@@ -11,12 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-
 from secureig.policy.limits import (
     LimiterUnavailable,
     Limits,
@@ -26,6 +20,7 @@ from secureig.policy.limits import (
     new_lease,
     rate_headers,
 )
+from secureig.policy.resp import RedisClient, RedisError, RedisReplyError
 
 log = logging.getLogger("secureig.limits")
 
@@ -164,7 +159,7 @@ class RedisLimiter:
         self._lease_ttl = lease_ttl
         self._lease_ttl_ms = max(round(lease_ttl * 1000), 1)
         self._timeout = timeout
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         # concurrency key -> this process's live lease ids in it, renewed by the heartbeat
         self._leases: dict[str, set[str]] = {}
@@ -172,7 +167,7 @@ class RedisLimiter:
     def _key(self, kind: str, subject: str) -> str:
         return f"{self._prefix}{kind}:{subject}"
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> RedisClient:
         if self._redis is None:
             raise RuntimeError("RedisLimiter used before start()")
         return self._redis
@@ -180,20 +175,18 @@ class RedisLimiter:
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = aioredis.from_url(
-            self._url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            # One immediate retry on a broken connection (a pooled socket Redis closed while it
-            # restarted). Not on timeouts: the script may have run, and a rerun would admit twice.
-            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
-        )
+        # The client sends again only a command that never left (Redis had closed the
+        # connection); never after a timeout, when the script may have run and a rerun would
+        # admit twice.
+        self._redis = RedisClient(self._url, timeout=self._timeout)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script in (ACQUIRE, RELEASE, HEARTBEAT):
-                    pipe.script_load(script.source)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await asyncio.gather(
+                *(
+                    self._redis.call("SCRIPT", "LOAD", s.source)
+                    for s in (ACQUIRE, RELEASE, HEARTBEAT)
+                )
+            )
+        except RedisError as exc:
             # Not fatal: keys without limits keep working, keys with limits get
             # LimiterUnavailable until Redis answers, and the scripts load on first use.
             log.warning("rate limiter: Redis unavailable at start (%s)", exc)
@@ -211,28 +204,29 @@ class RedisLimiter:
         if leases:
             # give the slots back now rather than after lease_ttl
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, ids in leases.items():
-                        pipe.zrem(key, *ids)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
+                await asyncio.gather(
+                    *(self._redis.call("ZREM", key, *ids) for key, ids in leases.items())
+                )
+            except RedisError as exc:
                 log.warning("rate limiter: could not free leases on close (%s)", exc)
         await self._redis.aclose()
         self._redis = None
 
     async def ping(self) -> None:
         try:
-            await self._client().ping()
-        except (RedisError, OSError) as exc:
+            await self._client().call("PING")
+        except RedisError as exc:
             raise LimiterUnavailable(f"rate limiter unavailable: {exc}") from exc
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         client = self._client()
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
+            return await client.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
             # the server lost its script cache (restart, SCRIPT FLUSH): EVAL also re-caches it
-            return await client.eval(script.source, len(keys), *keys, *args)
+            return await client.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def acquire(self, subject: str, limits: Limits) -> Ticket:
         if not limits.any:
@@ -256,7 +250,7 @@ class RedisLimiter:
         ]
         try:
             reply = await self._run(ACQUIRE, keys, args)
-        except (RedisError, OSError) as exc:
+        except RedisError as exc:
             raise LimiterUnavailable(f"rate limiter unavailable: {exc}") from exc
         admitted, sec, usec, requests, tokens, day_tokens, in_flight = (int(v) for v in reply)
         now = sec + usec / 1_000_000
