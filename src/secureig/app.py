@@ -397,11 +397,10 @@ class GatewayApp:
             await send(message)
 
         app = self._route(scope["path"])
-        self.gateway.metrics.active.inc()
+        self.gateway.metrics.started()
         try:
             await app(scope, receive, send_with_id)
         finally:
-            self.gateway.metrics.active.dec()
             await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)
 

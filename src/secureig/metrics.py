@@ -5,16 +5,23 @@ Labels are bounded: a surface and an operation (never a raw path or a key), a st
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -25,21 +32,72 @@ _LATENCY_BUCKETS = (
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+# Bucket bounds as Prometheus writes them ("1.0", "+Inf").
+_BOUNDS: list[str] = [
+    floatToGoString(b)  # type: ignore[no-untyped-call]
+    for b in (*_LATENCY_BUCKETS, float("inf"))
+]
+
+
+class _Histogram:
+    """One label set's buckets, kept as plain numbers: observing is a bisect and two additions,
+    with no lock (the event loop is the only writer)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            cumulative += count
+            out.append((bound, float(cumulative)))
+        return out
+
+
+class _PerRequest:
+    """The metrics every request touches, read by Prometheus only when it scrapes."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.duration: dict[tuple[str, str], _Histogram] = {}
+        self.ttfb: dict[tuple[str, str], _Histogram] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "secureig_requests", "Requests answered.", labels=["surface", "route", "status"]
+        )
+        for triple, count in self.requests.items():
+            requests.add_metric(triple, count)
+        yield requests
+        for name, doc, series in (
+            ("secureig_request_duration_seconds", "Time from request to the end of the answer.",
+             self.duration),
+            ("secureig_time_to_first_byte_seconds",
+             "Time from request to the answer's first byte.", self.ttfb),
+        ):  # fmt: skip
+            family = HistogramMetricFamily(name, doc, labels=["surface", "route"])
+            for pair, histogram in series.items():
+                family.add_metric(pair, histogram.buckets(), histogram.total)
+            yield family
+        yield GaugeMetricFamily(
+            "secureig_active_requests", "Requests and streams in flight.", value=self.active
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "secureig_requests", "Requests answered.", ["surface", "route", "status"], registry=r
-        )
-        self.duration = Histogram(
-            "secureig_request_duration_seconds", "Time from request to the end of the answer.",
-            ["surface", "route"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.ttfb = Histogram(
-            "secureig_time_to_first_byte_seconds", "Time from request to the answer's first byte.",
-            ["surface", "route"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        self._per_request = _PerRequest()
+        r.register(self._per_request)
         self.tokens = Counter(
             "secureig_tokens", "Tokens as the upstream counted them.", ["model", "direction"],
             registry=r,
@@ -54,9 +112,6 @@ class Metrics:
         self.auth_failures = Counter(
             "secureig_auth_failures", "Requests without a valid key.", ["surface"], registry=r
         )
-        self.active = Gauge(
-            "secureig_active_requests", "Requests and streams in flight.", registry=r
-        )
         self.usage_pending = Gauge(
             "secureig_usage_records_pending", "Usage records not yet written.", registry=r
         )
@@ -64,27 +119,25 @@ class Metrics:
             "secureig_usage_records_dropped", "Usage records that could not be held.", registry=r
         )
 
-        # Labelled children by their label values: `labels()` validates and locks on every call,
-        # and this runs once per request.
-        self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+    def started(self) -> None:
+        self._per_request.active += 1
 
     def answered(
         self, surface: str, route: str, status: int, seconds: float, ttfb: float | None
     ) -> None:
         """Count one answered request, its duration and time to first byte."""
-        children = self._answered.get((surface, route, status))
-        if children is None:
-            children = (
-                self.requests.labels(surface, route, str(status)),
-                self.duration.labels(surface, route),
-                self.ttfb.labels(surface, route),
-            )
-            self._answered[(surface, route, status)] = children
-        requests, duration, first_byte = children
-        requests.inc()
+        stats = self._per_request
+        stats.active -= 1
+        key = (surface, route, str(status))
+        stats.requests[key] = stats.requests.get(key, 0) + 1
+        pair = (surface, route)
+        duration = stats.duration.get(pair)
+        if duration is None:
+            duration = stats.duration[pair] = _Histogram()
+            stats.ttfb[pair] = _Histogram()
         duration.observe(seconds)
         if ttfb is not None:
-            first_byte.observe(ttfb)
+            stats.ttfb[pair].observe(ttfb)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

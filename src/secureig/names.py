@@ -44,7 +44,7 @@ class ModelName:
 
     @property
     def key(self) -> str:
-        return self.display.lower()
+        return _key(self)
 
     @property
     def is_cloud(self) -> bool:
@@ -53,8 +53,15 @@ class ModelName:
         return tag == "cloud" or tag.endswith("-cloud")
 
 
+@lru_cache(maxsize=4096)
+def _key(name: ModelName) -> str:
+    return name.display.lower()
+
+
+@lru_cache(maxsize=4096)
 def parse_model_name(name: str) -> ModelName:
-    """Parse `[host/][namespace/]model[:tag]`, filling Ollama's defaults."""
+    """Parse `[host/][namespace/]model[:tag]`, filling Ollama's defaults. Cached: every request
+    names a model, and clients name the same few (an invalid name raises and is not kept)."""
     if not name or len(name) > 512 or name != name.strip():
         raise InvalidModelName(name)
     head, _, last = name.rpartition("/")

@@ -29,7 +29,12 @@ class Limits:
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.concurrency, self.daily_tokens))
+        return not (
+            self.rpm is None
+            and self.tpm is None
+            and self.concurrency is None
+            and self.daily_tokens is None
+        )
 
 
 NO_LIMITS = Limits()

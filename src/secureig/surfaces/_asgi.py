@@ -7,11 +7,12 @@ machinery costs more than everything the gateway decides (see DESIGN.md, "Hot pa
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from secureig.policy import (
     Forbidden,
@@ -175,7 +176,13 @@ def refusal_status(refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]]]:
 
 
 def json_bytes(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON. orjson: the stdlib's encoder and decoder were a tenth of a request."""
+    return orjson.dumps(value)
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON document; raises ValueError (orjson.JSONDecodeError) when it is not one."""
+    return orjson.loads(body)
 
 
 async def respond_json(

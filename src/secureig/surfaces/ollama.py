@@ -36,6 +36,7 @@ from secureig.surfaces._asgi import (
     exchange_of,
     header,
     json_bytes,
+    parse_json,
     read_body,
     refusal_status,
     respond,
@@ -117,7 +118,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise NativeError(400, "missing request body")
     try:
-        value = json.loads(body)
+        value = parse_json(body)
     except ValueError as exc:
         raise NativeError(400, f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -344,7 +345,7 @@ def _count_tokens(ex: Exchange, line: bytes) -> None:
     if b"eval_count" not in line:
         return
     try:
-        value = json.loads(line)
+        value = parse_json(line)
     except ValueError:
         return
     if isinstance(value, dict):

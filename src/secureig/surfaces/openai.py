@@ -7,7 +7,6 @@ a stream that fails midway ends with `data: {"error": ...}` and no `[DONE]`.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -35,6 +34,7 @@ from secureig.surfaces._asgi import (
     api_key,
     client_address,
     exchange_of,
+    parse_json,
     read_body,
     respond_json,
 )
@@ -149,7 +149,7 @@ def _parse(body: bytes) -> object:
     if not body.strip():
         raise OpenAIError(400, "missing request body", "invalid_request_error")
     try:
-        return json.loads(body)
+        return parse_json(body)
     except ValueError as exc:
         raise OpenAIError(
             400, f"We could not parse the JSON body of your request: {exc}", "invalid_request_error"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 __all__ = [
     "SSE_DONE",
     "ChatPlan",
@@ -941,8 +943,8 @@ class CompletionStream:
 def sse(obj: dict[str, Any]) -> bytes:
     """One server-sent event: `data: <compact JSON>` and a blank line."""
     try:
-        payload = _json(obj).encode("utf-8")
-    except UnicodeEncodeError:
+        payload = orjson.dumps(obj)
+    except (orjson.JSONEncodeError, UnicodeEncodeError):
         # A lone surrogate from upstream cannot be UTF-8; JSON escapes keep the event valid.
         payload = json.dumps(obj, separators=(",", ":")).encode("ascii")
     return b"data: " + payload + b"\n\n"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from secureig import __version__
 from secureig.upstream.connections import (
     ConnectError,
@@ -137,7 +139,7 @@ class NDJSONStream:
 
 def _parse_line(line: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(line)
+        value = orjson.loads(line)
     except ValueError:
         raise UpstreamStreamError("upstream sent a line that is not JSON") from None
     if not isinstance(value, dict):
@@ -238,7 +240,7 @@ class OllamaClient:
 
         An error status raises UpstreamStatusError before anything is yielded.
         """
-        payload = json.dumps(body, ensure_ascii=False).encode()
+        payload = orjson.dumps(body)
         async with self.request("POST", path, payload) as raw:
             if raw.status >= 400:
                 raise UpstreamStatusError(raw.status, await raw.error_message())
