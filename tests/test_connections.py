@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httptools
@@ -535,3 +539,35 @@ def test_refuses_paths_and_urls_it_cannot_send_safely() -> None:
         ConnectionPool("ftp://127.0.0.1:1", QUICK)
     with pytest.raises(ValueError):
         ConnectionPool("http://127.0.0.1:1", QUICK, headers={"X": "a\r\nB: c"})
+
+
+def test_https_upstreams_are_verified(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a certificate for this test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    async def main() -> None:
+        server = await asyncio.start_server(answer_all, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        trusting = ssl.create_default_context(cafile=str(cert))
+        pool = ConnectionPool(f"https://127.0.0.1:{port}", QUICK, ssl_context=trusting)
+        response = await pool.send("GET", "/over-tls")
+        assert await response.read() == b"/over-tls"
+        response.release()
+        await pool.aclose()
+        # A certificate nobody vouched for is refused before anything is sent.
+        stranger = ConnectionPool(f"https://127.0.0.1:{port}", QUICK)
+        with pytest.raises(ConnectError, match="TLS failed"):
+            await stranger.send("GET", "/")
+        server.close()
+
+    run(main())
