@@ -176,7 +176,9 @@ class LocalLimiter:
 
     async def acquire(self, subject: str, limits: Limits) -> Ticket:
         now = time.time()
-        counters = self._subjects.setdefault(subject, _Counters())
+        counters = self._subjects.get(subject)
+        if counters is None:
+            counters = self._subjects[subject] = _Counters()
         counters.roll(now)
         used = Usage(counters.requests, counters.tokens, counters.day_tokens)
         refusal = check(limits, used, counters.in_flight, now)

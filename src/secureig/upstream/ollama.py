@@ -179,6 +179,34 @@ async def _error_message(response: Response) -> str:
     return text[:200] or (response.reason or "no reason given")
 
 
+class _Exchange:
+    """What `OllamaClient.request` returns: a plain class, not a generator-based context manager,
+    because every proxied request enters one."""
+
+    __slots__ = ("_body", "_method", "_path", "_pool", "_response")
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        method: str,
+        path: str,
+        body: bytes | AsyncIterable[bytes] | None,
+    ) -> None:
+        self._pool, self._method, self._path, self._body = pool, method, path, body
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> RawResponse:
+        try:
+            self._response = await self._pool.send(self._method, self._path, self._body)
+        except HTTPError as exc:
+            raise _unanswered(exc, "answer") from None
+        return RawResponse(self._response)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.release()
+
+
 class OllamaClient:
     """One upstream Ollama server; open() before use, close() at shutdown."""
 
@@ -218,19 +246,12 @@ class OllamaClient:
             raise RuntimeError("OllamaClient.open() was not called")
         return self._pool
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None = None
-    ) -> AsyncIterator[RawResponse]:
-        """Send a request and yield the open answer, whatever its status."""
-        try:
-            response = await self._http.send(method, self._prefix + path, body)
-        except HTTPError as exc:
-            raise _unanswered(exc, "answer") from None
-        try:
-            yield RawResponse(response)
-        finally:
-            response.release()
+    ) -> _Exchange:
+        """`async with client.request(...) as raw:` sends a request and gives the open answer,
+        whatever its status; leaving the block hands the connection back (or closes it)."""
+        return _Exchange(self._http, method, self._prefix + path, body)
 
     @asynccontextmanager
     async def stream(
