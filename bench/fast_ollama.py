@@ -1,8 +1,10 @@
 """A fast Ollama stand-in for benchmarks: canned answers over keep-alive HTTP/1.1, so the backend
 is never what a benchmark measures. (tests/standin.py is the faithful one; this one is quick.)
 
-Serves GET /api/tags, POST /api/generate and /api/chat, streamed (chunked NDJSON, `--chunks`
-lines `--gap` seconds apart) or not, as the request's "stream" field says (default: stream).
+Serves GET /api/tags, POST /api/generate and /api/chat, streamed (chunked NDJSON) or not, as the
+request's "stream" field says (default: stream). Streams are `--chunks` lines, sent at once, but
+the model "paced" sends them `--gap` seconds apart, and the model "slow" sends `--slow-chunks`
+lines `--slow-gap` seconds apart, for holding streams open.
 Run: python bench/fast_ollama.py --port 11435
 """
 
@@ -19,13 +21,14 @@ TAGS = json.dumps(
     {
         "models": [
             {
-                "name": "llama2:latest",
-                "model": "llama2:latest",
+                "name": f"{name}:latest",
+                "model": f"{name}:latest",
                 "modified_at": "2024-05-03T10:22:25.123456Z",
                 "size": 3826793677,
-                "digest": "4aa78b1bf70c3eba76bf0a7bdcb5ab2bcacdaf31bb9893e9888f8a8ab9d59390",
+                "digest": digest * 64,
                 "details": {"format": "gguf", "family": "llama", "parameter_size": "7B"},
             }
+            for name, digest in (("llama2", "4"), ("paced", "5"), ("slow", "6"))
         ]
     }
 ).encode()
@@ -53,13 +56,15 @@ def _line(chat: bool, text: str, done: bool) -> bytes:
     return json.dumps(part, separators=(",", ":")).encode() + b"\n"
 
 
+def _lines(chat: bool, chunks: int) -> list[bytes]:
+    return [_line(chat, f" word{i}", False) for i in range(chunks)] + [_line(chat, "", True)]
+
+
 class Answers:
-    def __init__(self, chunks: int) -> None:
+    def __init__(self, chunks: int, slow_chunks: int) -> None:
         words = [f" word{i}" for i in range(chunks)]
-        self.stream = {
-            chat: [_line(chat, w, False) for w in words] + [_line(chat, "", True)]
-            for chat in (False, True)
-        }
+        self.stream = {chat: _lines(chat, chunks) for chat in (False, True)}
+        self.slow = {chat: _lines(chat, slow_chunks) for chat in (False, True)}
         whole = "".join(words)
         self.single = {chat: _line(chat, whole, True)[:-1] for chat in (False, True)}
 
@@ -72,9 +77,10 @@ def _response(status: str, content_type: bytes, body: bytes) -> bytes:
 
 
 class Handler(asyncio.Protocol):
-    def __init__(self, answers: Answers, gap: float) -> None:
+    def __init__(self, answers: Answers, gap: float, slow_gap: float) -> None:
         self.answers = answers
         self.gap = gap
+        self.slow_gap = slow_gap
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.WriteTransport | None = None
         self.url = b""
@@ -134,20 +140,23 @@ class Handler(asyncio.Protocol):
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        for line in self.answers.stream[chat]:
-            if self.gap:
-                await asyncio.sleep(self.gap)
+        compact = body.replace(b" ", b"")
+        slow = b'"model":"slow' in compact
+        gap = self.slow_gap if slow else self.gap if b'"model":"paced' in compact else 0.0
+        for line in (self.answers.slow if slow else self.answers.stream)[chat]:
+            if gap:
+                await asyncio.sleep(gap)
             if transport.is_closing():
                 return
             transport.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
         transport.write(b"0\r\n\r\n")
 
 
-async def main(port: int, chunks: int, gap: float) -> None:
-    answers = Answers(chunks)
+async def main(port: int, chunks: int, gap: float, slow_chunks: int, slow_gap: float) -> None:
+    answers = Answers(chunks, slow_chunks)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Handler(answers, gap), "127.0.0.1", port, backlog=4096
+        lambda: Handler(answers, gap, slow_gap), "127.0.0.1", port, backlog=4096
     )
     print(f"fast Ollama stand-in on http://127.0.0.1:{port}", flush=True)
     async with server:
@@ -158,7 +167,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=11435)
     parser.add_argument("--chunks", type=int, default=8)
-    parser.add_argument("--gap", type=float, default=0.0, help="seconds between stream lines")
+    parser.add_argument("--gap", type=float, default=0.02, help="the paced model's gap")
+    parser.add_argument("--slow-chunks", type=int, default=30)
+    parser.add_argument("--slow-gap", type=float, default=1.0, help="the slow model's gap")
     args = parser.parse_args()
     try:
         import uvloop
@@ -166,4 +177,4 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(main(args.port, args.chunks, args.gap))
+    asyncio.run(main(args.port, args.chunks, args.gap, args.slow_chunks, args.slow_gap))
