@@ -571,3 +571,50 @@ def test_https_upstreams_are_verified(tmp_path: Path) -> None:
         server.close()
 
     run(main())
+
+
+def test_bytes_after_an_answer_spoil_only_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok(b"one") + ok(b"two"))  # two answers to one request, in one packet
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        async with peer(handler) as url:
+            pool = ConnectionPool(url, QUICK)
+            response = await pool.send("GET", "/")
+            assert await response.read() == b"one"
+            assert response.headers == [(b"content-length", b"3")]
+            response.release()
+            assert pool.open_connections == 0  # never reused
+            await pool.aclose()
+
+    run(main())
+
+
+def test_an_answer_before_the_upload_ends_stops_the_upload() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # the head and the first piece, no more
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 5\r\n\r\nlarge")
+        await asyncio.sleep(2)
+
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(100):
+            sent += 1
+            yield b"x" * 1000
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        async with peer(handler) as url:
+            pool = ConnectionPool(url, QUICK)
+            response = await pool.send("POST", "/api/blobs/x", body())
+            assert response.status == 413 and await response.read() == b"large"
+            response.release()
+            assert sent < 100  # the rest of the upload was never read from its source
+            assert pool.open_connections == 0  # the unfinished request spoilt the connection
+            await pool.aclose()
+
+    run(main())

@@ -99,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.keep_alive = False
+        self.spoilt = False  # something this exchange did forbids reusing the connection
         self.error: HTTPError | None = None
         self.chunks: list[bytes] = []
         self._buffered = 0
@@ -140,17 +141,24 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         if parser is None or self.complete:
             # Bytes that answer nothing: the connection's state can no longer be trusted.
-            self.keep_alive = False
+            self.spoilt = True
             self.close()
             return
         try:
             parser.feed_data(data)
         except httptools.HttpParserError:
-            self.error = RemoteProtocolError("malformed answer")
+            if not self.complete:  # after a whole answer, only the connection is spoilt
+                self.error = RemoteProtocolError("malformed answer")
+            self.spoilt = True
             self.close()
             self._wake()
 
     # -- httptools callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer to one request: stop parsing before it touches the first.
+            raise RemoteProtocolError("bytes after the answer")
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -425,8 +433,9 @@ class ConnectionPool:
         conn.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
         async for chunk in body:
             if conn.head_done or conn.lost:
-                # Answered (or gone) before the upload ended: what is left would answer nothing.
-                conn.keep_alive = False
+                # Answered (or gone) before the upload ended: what is left would answer nothing,
+                # and the unfinished request leaves the connection unusable.
+                conn.spoilt = True
                 return
             if chunk:
                 conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
@@ -484,7 +493,13 @@ class ConnectionPool:
 
     def release(self, conn: _Connection) -> None:
         """Back to the idle set if its answer was read to the end and it may be kept alive."""
-        if conn.complete and conn.keep_alive and conn.error is None and not conn.lost:
+        if (
+            conn.complete
+            and conn.keep_alive
+            and not conn.spoilt
+            and conn.error is None
+            and not conn.lost
+        ):
             if self._closed:
                 self._discard(conn)
                 return
