@@ -370,8 +370,30 @@ def main() -> None:
             capture_output=True, text=True,
         ).stdout  # fmt: skip
 
+    if redis:
+        forget_redis_keys(redis, redis_env["SECUREIG_REDIS_PREFIX"])
     report(results, extra, args, usage_rows)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def forget_redis_keys(url: str, prefix: str) -> None:
+    """Leave the user's Redis as it was: the bench's limit counters and leases go."""
+    import asyncio
+
+    from secureig.policy.resp import RedisClient
+
+    async def forget() -> None:
+        client = RedisClient(url)
+        cursor = b"0"
+        while True:
+            cursor, keys = await client.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
+            if keys:
+                await client.call("DEL", *keys)
+            if cursor == b"0":
+                break
+        await client.aclose()
+
+    asyncio.run(forget())
 
 
 LITELLM_KEY = "sk-bench-master"
@@ -379,6 +401,10 @@ LITELLM_CONFIG = """model_list:
   - model_name: llama2
     litellm_params:
       model: ollama_chat/llama2
+      api_base: {backend}
+  - model_name: paced
+    litellm_params:
+      model: ollama_chat/paced
       api_base: {backend}
 general_settings:
   master_key: sk-bench-master
