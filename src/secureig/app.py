@@ -218,8 +218,7 @@ class Gateway:
             principal = ledger.principal
             if ledger.prompt_tokens or ledger.completion_tokens:
                 model = ex.model or "-"
-                m.tokens.labels(model, "in").inc(ledger.prompt_tokens)
-                m.tokens.labels(model, "out").inc(ledger.completion_tokens)
+                m.tokens(model, ledger.prompt_tokens, ledger.completion_tokens)
             self.usage.record(
                 UsageRecord(
                     at=datetime.now(UTC),

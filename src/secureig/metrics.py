@@ -69,6 +69,7 @@ class _PerRequest:
         self.requests: dict[tuple[str, str, str], int] = {}
         self.duration: dict[tuple[str, str], _Histogram] = {}
         self.ttfb: dict[tuple[str, str], _Histogram] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -87,6 +88,12 @@ class _PerRequest:
             for pair, histogram in series.items():
                 family.add_metric(pair, histogram.buckets(), histogram.total)
             yield family
+        tokens = CounterMetricFamily(
+            "secureig_tokens", "Tokens as the upstream counted them.", labels=["model", "direction"]
+        )
+        for pair, count in self.tokens.items():
+            tokens.add_metric(pair, count)
+        yield tokens
         yield GaugeMetricFamily(
             "secureig_active_requests", "Requests and streams in flight.", value=self.active
         )
@@ -98,10 +105,6 @@ class Metrics:
         r = self.registry
         self._per_request = _PerRequest()
         r.register(self._per_request)
-        self.tokens = Counter(
-            "secureig_tokens", "Tokens as the upstream counted them.", ["model", "direction"],
-            registry=r,
-        )  # fmt: skip
         self.upstream_errors = Counter(
             "secureig_upstream_errors", "Upstream failures (unreachable, timeout, broke off).",
             ["outcome"], registry=r,
@@ -138,6 +141,11 @@ class Metrics:
         duration.observe(seconds)
         if ttfb is not None:
             stats.ttfb[pair].observe(ttfb)
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        counts = self._per_request.tokens
+        for key, n in (((model, "in"), prompt), ((model, "out"), completion)):
+            counts[key] = counts.get(key, 0) + n
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -256,9 +256,8 @@ class OllamaSurface:
 
     async def _stream(self, raw: RawResponse, send: Send, ex: Exchange, started: float) -> None:
         """Forward whole NDJSON lines as they arrive; a failure becomes a last `{"error"}` line."""
-        chunks = raw.chunks()
         pending = b""
-        first = await _next_chunk(chunks)
+        first = await raw.next_chunk()
         ex.upstream_seconds = time.perf_counter() - started
         await send(
             {
@@ -278,7 +277,7 @@ class OllamaSurface:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     last = body[body.rfind(b"\n", 0, cut - 1) + 1 :]
                 pending = data[cut:]
-                chunk = await _next_chunk(chunks)
+                chunk = await raw.next_chunk()
         except UpstreamError as exc:
             # A partial line would break every client's JSON parser: drop it, say what happened.
             ex.outcome = "upstream-failed-mid-stream"
@@ -350,10 +349,6 @@ def _count_tokens(ex: Exchange, line: bytes) -> None:
         return
     if isinstance(value, dict):
         ex.ledger.count_tokens(value.get("prompt_eval_count"), value.get("eval_count"))
-
-
-async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
-    return await anext(chunks, None)
 
 
 def _message_of(body: bytes) -> str:

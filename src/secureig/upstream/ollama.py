@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,11 +88,11 @@ class RawResponse:
         self.content_type = response.header(b"content-type") or ""
         self.waited = response.waited  # seconds until the upstream's response headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; a broken connection raises UpstreamStreamError."""
+    async def next_chunk(self) -> bytes | None:
+        """The body's next bytes, None at its end; a broken connection raises
+        UpstreamStreamError."""
         try:
-            async for chunk in self.response.chunks():
-                yield chunk
+            return await self.response.next_chunk()
         except HTTPError as exc:
             raise _broken(exc) from None
 
@@ -118,8 +117,9 @@ class NDJSONStream:
     async def lines(self) -> AsyncIterator[dict[str, Any]]:
         """Each JSON object in turn; an `{"error": ...}` line raises UpstreamStreamError."""
         buffer = b""
+        response = self._response
         try:
-            async for chunk in self._response.chunks():
+            while (chunk := await response.next_chunk()) is not None:
                 # Search only the new bytes: a long line arriving in many pieces stays linear.
                 scan = len(buffer)
                 buffer += chunk
@@ -207,6 +207,30 @@ class _Exchange:
             self._response.release()
 
 
+class _Stream:
+    """What `OllamaClient.stream` returns: an exchange whose error statuses are raised."""
+
+    __slots__ = ("_exchange", "_max_line")
+
+    def __init__(self, exchange: _Exchange, max_line: int) -> None:
+        self._exchange = exchange
+        self._max_line = max_line
+
+    async def __aenter__(self) -> tuple[NDJSONStream, float]:
+        raw = await self._exchange.__aenter__()
+        if raw.status >= 400:
+            # `async with` calls no __aexit__ when __aenter__ raises: hand the connection back here.
+            try:
+                message = await raw.error_message()
+            finally:
+                await self._exchange.__aexit__(None, None, None)
+            raise UpstreamStatusError(raw.status, message)
+        return NDJSONStream(raw.response, self._max_line), raw.waited
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._exchange.__aexit__(*exc_info)
+
+
 class OllamaClient:
     """One upstream Ollama server; open() before use, close() at shutdown."""
 
@@ -253,19 +277,12 @@ class OllamaClient:
         whatever its status; leaving the block hands the connection back (or closes it)."""
         return _Exchange(self._http, method, self._prefix + path, body)
 
-    @asynccontextmanager
-    async def stream(
-        self, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[tuple[NDJSONStream, float]]:
-        """POST `body` and yield its NDJSON answer and the seconds the upstream took to answer.
-
-        An error status raises UpstreamStatusError before anything is yielded.
-        """
-        payload = orjson.dumps(body)
-        async with self.request("POST", path, payload) as raw:
-            if raw.status >= 400:
-                raise UpstreamStatusError(raw.status, await raw.error_message())
-            yield NDJSONStream(raw.response, self._max_line), raw.waited
+    def stream(self, path: str, body: dict[str, Any]) -> _Stream:
+        """`async with client.stream(path, body) as (lines, waited):` POSTs `body` and gives its
+        NDJSON answer and the seconds the upstream took to answer. An error status raises
+        UpstreamStatusError before anything is given."""
+        exchange = _Exchange(self._http, "POST", self._prefix + path, orjson.dumps(body))
+        return _Stream(exchange, self._max_line)
 
     async def tags(self) -> list[TagEntry]:
         """The models the upstream serves, as `/api/tags` lists them."""
