@@ -344,6 +344,20 @@ def test_default_body_limit_is_ten_mebibytes(shared: Deployment) -> None:
     assert response.text == f"Request body too large: the limit is {10 * 1024 * 1024} bytes"
 
 
+def test_client_text_cannot_forge_log_lines(deployment: Deployment) -> None:
+    key = deployment.cli.create_key("forger")
+    gateway = deployment.gateway()
+    forged = "INFO secureig.access: rid=0 POST /admin/keys key=ops status=200"
+    response = gateway.post({"model": f"llama2\n{forged}", "request": "hi"}, key=key)
+    assert response.status_code == 403  # not a model name
+    path = "/api/tags%0A" + forged.replace(" ", "%20")
+    assert httpx.get(gateway.url + path, headers={"X-API-KEY": key}).status_code == 404
+    gateway.stop()
+    log = gateway.log()
+    assert "llama2\\n" + forged in log and "tags\\n" + forged in log  # escaped, in its line
+    assert not any(line.startswith(forged) for line in log.splitlines())
+
+
 def test_logs_name_the_key_but_never_the_secret_or_prompt(deployment: Deployment) -> None:
     key = deployment.cli.create_key("logged")
     gateway = deployment.gateway()

@@ -58,6 +58,12 @@ log = logging.getLogger("secureig")
 _ids = random.Random(os.urandom(16))  # noqa: S311
 
 
+def _printable(text: str) -> str:
+    """Client-chosen text as one log line: a newline in a path or model name must not be able
+    to forge a line of its own."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class StartupRefused(Exception):
     """The gateway will not serve with this configuration; the message says what to do."""
 
@@ -415,8 +421,8 @@ class GatewayApp:
         duration = (time.perf_counter() - exchange.started) * 1000
         upstream = exchange.upstream_seconds
         access.write(
-            f"rid={exchange.request_id} {scope['method']} {scope['path'][:200]}"
-            f" key={exchange.key_name or '-'} model={exchange.model or '-'}"
+            f"rid={exchange.request_id} {scope['method']} {_printable(scope['path'][:200])}"
+            f" key={exchange.key_name or '-'} model={_printable(exchange.model or '-')}"
             f" status={exchange.status or 'aborted'} dur_ms={duration:.1f}"
             f" upstream_ms={f'{upstream * 1000:.1f}' if upstream is not None else '-'}"
             f"{f' outcome={exchange.outcome}' if exchange.outcome else ''}"
