@@ -8,7 +8,6 @@ the policy checked. Errors are `{"error": "<string>"}`, as Ollama's clients expe
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -214,7 +213,7 @@ class OllamaSurface:
             raise NativeError(status, _message_of(body))
         if not principal.is_admin:
             try:
-                listing = json.loads(body)
+                listing = parse_json(body)
                 listing["models"] = [
                     m
                     for m in listing.get("models") or []
@@ -353,7 +352,7 @@ def _count_tokens(ex: Exchange, line: bytes) -> None:
 
 def _message_of(body: bytes) -> str:
     try:
-        value = json.loads(body)
+        value = parse_json(body)
     except ValueError:
         value = None
     if isinstance(value, dict) and isinstance(value.get("error"), str):
