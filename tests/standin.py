@@ -507,6 +507,7 @@ _CREATE = _struct(
     stream=_PBOOL,
     quantize=_STR,
     **{"from": _STR},
+    remote_host=_STR,
     files=_STRMAP,
     adapters=_STRMAP,
     template=_STR,
@@ -632,11 +633,17 @@ def _decode(v: Any, t: _T, where: str) -> Any:
         return {k: "" if x is None else _decode(x, _STR, where) for k, x in v}
     if kind == "duration":
         # api.Duration: seconds as a number, or a Go duration string; negative means forever.
+        # Either way Go keeps whole nanoseconds, truncated toward zero, so 1e-10 and "0.5ns"
+        # are a zero duration, and sched.go unloads a model whose duration is zero or less.
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return math.inf if v < 0 else float(v)
+            if v < 0:
+                return math.inf
+            ns = v * 1e9
+            # Out of int64's range, x86-64's conversion gives the most negative Duration.
+            return 0.0 if ns >= 2**63 else math.trunc(ns) / 1e9
         if isinstance(v, str):
             d = _go_duration(v)
-            return math.inf if d < 0 else d
+            return math.inf if d < 0 else math.trunc(round(d * 1e9, 3)) / 1e9
         gotype = {"bool": "bool", "object": "map[string]interface {}", "array": "[]interface {}"}[
             _jtype(v)
         ]
@@ -1234,7 +1241,7 @@ class OllamaStandIn:
     def _mark_loaded(self, spec: ModelSpec, keep_alive: float | None) -> None:
         key = spec.parsed.key()
         with self._lock:
-            if keep_alive == 0:
+            if keep_alive is not None and keep_alive <= 0:
                 self._loaded.pop(key, None)
                 return
             ka = _DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive

@@ -413,6 +413,7 @@ def _expected(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "estimated": 0,
     }
 
 

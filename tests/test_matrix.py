@@ -29,6 +29,7 @@ class Route:
     # status per caller; the model in the body is llama2 (allowed for "allowed", not for
     # "disallowed", which may only use mistral)
     expect: dict[str, int]
+    forwarded: bool = True  # False: the upstream must never see this path, whoever asks
 
 
 def _expect(
@@ -74,11 +75,24 @@ ROUTES = [
     Route("ollama", "HEAD", f"/api/blobs/{DIGEST}", None, _expect(403, 403, 404, 404)),
     Route("ollama", "POST", f"/api/blobs/{DIGEST}", b"blob", _expect(403, 403, 400, 400)),
     # Never forwarded, whoever asks
-    Route("ollama", "POST", "/api/me", {}, _expect(403, 403, 403, 403)),
-    Route("ollama", "POST", "/api/signout", {}, _expect(403, 403, 403, 403)),
-    Route("ollama", "DELETE", "/api/user/keys/abc", None, _expect(403, 403, 403, 403)),
+    Route("ollama", "POST", "/api/me", {}, _expect(403, 403, 403, 403), forwarded=False),
+    Route("ollama", "POST", "/api/signout", {}, _expect(403, 403, 403, 403), forwarded=False),
+    Route("ollama", "DELETE", "/api/user/keys/abc", None, _expect(403, 403, 403, 403),
+          forwarded=False),
     Route("ollama", "POST", "/api/experimental/web_fetch",
-          {"url": "http://127.0.0.1"}, _expect(403, 403, 403, 403)),
+          {"url": "http://127.0.0.1"}, _expect(403, 403, 403, 403), forwarded=False),
+    Route("ollama", "GET", "/api/experimental/model-recommendations", None,
+          _expect(403, 403, 403, 403), forwarded=False),
+    # Routes Ollama has that the gateway does not implement: 404, never forwarded.
+    Route("ollama", "GET", "/api/status", None, _expect(404, 404, 404, 404, anon=404),
+          forwarded=False),
+    Route("openai", "POST", "/v1/responses", {"model": "llama2", "input": "hi"},
+          _expect(404, 404, 404, 404, anon=404), forwarded=False),
+    Route("openai", "POST", "/v1/messages",
+          {"model": "llama2", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+          _expect(404, 404, 404, 404, anon=404), forwarded=False),
+    Route("openai", "POST", "/v1/audio/transcriptions", b"audio",
+          _expect(404, 404, 404, 404, anon=404), forwarded=False),
     # OpenAI-compatible
     Route("openai", "POST", "/v1/chat/completions",
           {"model": "llama2", "messages": [{"role": "user", "content": "hi"}]},
@@ -161,6 +175,8 @@ def test_route_matrix(
         # A refusal never reaches the upstream (listings of nothing excepted: none refuse).
         forwarded = [r.path for r in standin.requests[before:] if r.path != "/api/tags"]
         assert forwarded == [], forwarded
+    if not route.forwarded:
+        assert route.path not in [r.path for r in standin.requests], route.path
     assert "server-timing" in response.headers
 
 

@@ -33,7 +33,7 @@ def test_readyz_reports_store_and_upstream(shared: Deployment, standin: OllamaSt
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready", "store": "ok", "limits": "in-process",
-        "upstreams": {standin.url: "up"},
+        "upstreams": {"ollama": "up"},
     }  # fmt: skip
 
 

@@ -22,12 +22,12 @@ def test_gateway_starts_with_ollama_down_and_recovers(
     assert down.text == "No models available: upstream is unreachable (connection refused)"
     ready = httpx.get(gateway.url + "/readyz")
     assert ready.status_code == 200  # an upstream outage does not fail readiness
-    assert ready.json()["upstreams"] == {standin.url: "down"}
+    assert ready.json()["upstreams"] == {"ollama": "down"}
 
     standin.start()
     # A request that finds the catalog down asks the upstream again: no restart, no long wait.
     assert wait_until(lambda: gateway.post(HI).status_code == 200, timeout=5)
-    assert httpx.get(gateway.url + "/readyz").json()["upstreams"] == {standin.url: "up"}
+    assert httpx.get(gateway.url + "/readyz").json()["upstreams"] == {"ollama": "up"}
 
 
 def test_ollama_going_down_while_serving(deployment: Deployment, standin: OllamaStandIn) -> None:

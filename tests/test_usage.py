@@ -82,11 +82,13 @@ def test_every_authenticated_request_leaves_an_exact_record(
 
     # The CLI report and the admin API agree with the records.
     report = deployment.cli("usage", "--by", "key").stdout.splitlines()
-    assert report[0].split() == ["KEY", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL"]
+    assert report[0].split() == [
+        "KEY", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED"
+    ]  # fmt: skip
     alice_row = next(line.split() for line in report if line.startswith("alice"))
     total = expected_prompt + expected_completion
     assert alice_row == ["alice", "9", "1", str(expected_prompt), str(expected_completion),
-                         str(total)]  # fmt: skip
+                         str(total), "0"]  # fmt: skip
     api = httpx.get(url + "/admin/usage?by=key", headers={"X-API-KEY": "admin"}).json()
     alice_total = next(t for t in api if t["group"] == "alice")
     seen = (alice_total["requests"], alice_total["prompt_tokens"], alice_total["completion_tokens"])

@@ -50,18 +50,16 @@ from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
 from secureig.surfaces.seed import SeedRequest, SeedSurface
+from secureig.surfaces.trustedhost import TrustedHost
+from secureig.untrusted import printable
 from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
 
 log = logging.getLogger("secureig")
+# The one upstream's name where answers would otherwise show its address.
+UPSTREAM_NAME = "ollama"
 # Request ids tell requests apart in logs and usage; they guard nothing, so a seeded generator
 # serves (a system call per request for os.urandom showed in profiles).
 _ids = random.Random(os.urandom(16))  # noqa: S311
-
-
-def _printable(text: str) -> str:
-    """Client-chosen text as one log line: a newline in a path or model name must not be able
-    to forge a line of its own."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class StartupRefused(Exception):
@@ -130,7 +128,9 @@ class Gateway:
         self.gatekeeper = Gatekeeper(
             self.keyring,
             self.catalog,
-            ClampPolicy(max_keep_alive=settings.max_keep_alive),
+            ClampPolicy(
+                max_keep_alive=settings.max_keep_alive, min_keep_alive=settings.min_keep_alive
+            ),
             self.limiter,
             AuthThrottle(settings.auth_failures_per_minute),
         )
@@ -170,14 +170,14 @@ class Gateway:
             shown = ", ".join(models[:10]) + (" ..." if len(models) > 10 else "")
             log.info(
                 "upstream %s: up, %d models%s",
-                self.settings.ollama_url,
+                self.client.address,
                 len(models),
                 f" ({shown})" if models else "",
             )
         else:
             log.warning(
                 "upstream %s: down (%s); serving anyway, retrying every %gs and on request",
-                self.settings.ollama_url,
+                self.client.address,
                 error,
                 self.settings.discovery_interval,
             )
@@ -206,12 +206,18 @@ class Gateway:
     async def finish(self, scope: Scope, ex: Exchange) -> None:
         """After the answer: settle the key's budgets, count, record usage, log one line."""
         ledger = ex.ledger
+        if ex.model is None:
+            ex.model = ledger.model  # the name the policy parsed: valid, so bounded
+        status = ex.status or 499
+        if status == 499 or ex.outcome is not None or (status == 200 and ledger.chunks):
+            # Cut short (the client left, or the upstream broke off) before the final counts:
+            # what was forwarded is charged all the same.
+            ledger.charge_unreported()
         try:
             await self.gatekeeper.settle(ledger)
         except Exception:
             log.exception("settling a request's limits failed")
         now = time.perf_counter()
-        status = ex.status or 499
         m = self.metrics
         ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
         m.answered(ex.surface, ex.route, status, now - ex.started, ttfb)
@@ -234,10 +240,11 @@ class Gateway:
                     surface=ex.surface,
                     route=ex.route,
                     model=ex.model,
-                    backend=self.settings.ollama_url if ex.upstream_seconds is not None else None,
+                    backend=self.client.address if ex.upstream_seconds is not None else None,
                     status=status,
                     prompt_tokens=ledger.prompt_tokens,
                     completion_tokens=ledger.completion_tokens,
+                    tokens_estimated=ledger.estimated,
                     ttfb_ms=ttfb * 1000 if ttfb is not None else None,
                     duration_ms=(now - ex.started) * 1000,
                     bytes_in=ex.bytes_in,
@@ -271,7 +278,8 @@ class Gateway:
             "status": status,
             "store": store,
             "limits": limits,
-            "upstreams": {self.settings.ollama_url: "up" if state.up else "down"},
+            # States, not addresses: /readyz needs no key.
+            "upstreams": {UPSTREAM_NAME: "up" if state.up else "down"},
         }
 
 
@@ -359,11 +367,18 @@ class GatewayApp:
         routes: dict[str, ASGIApp],
         prefixes: dict[str, ASGIApp],
         fallback: ASGIApp,
+        allowed_hosts: tuple[str, ...] = ("*",),
     ) -> None:
         self.gateway = gateway
         self._routes = routes
         self._prefixes = tuple(prefixes.items())
         self._fallback = fallback
+        # Every host allowed: no check to pay for at all.
+        self._entry: ASGIApp = (
+            self._dispatch
+            if "*" in allowed_hosts
+            else TrustedHost(self._dispatch, allowed_hosts, exempt_paths=("/healthz", "/readyz"))
+        )
 
     def _route(self, path: str) -> ASGIApp:
         app = self._routes.get(path)
@@ -405,13 +420,15 @@ class GatewayApp:
                 ]
             await send(message)
 
-        app = self._route(scope["path"])
         self.gateway.metrics.started()
         try:
-            await app(scope, receive, send_with_id)
+            await self._entry(scope, receive, send_with_id)
         finally:
             await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._route(scope["path"])(scope, receive, send)
 
     def _log(self, scope: Scope, exchange: Exchange) -> None:
         # The path only: a query string could carry anything, and bodies (prompts) never appear.
@@ -421,8 +438,8 @@ class GatewayApp:
         duration = (time.perf_counter() - exchange.started) * 1000
         upstream = exchange.upstream_seconds
         access.write(
-            f"rid={exchange.request_id} {scope['method']} {_printable(scope['path'][:200])}"
-            f" key={exchange.key_name or '-'} model={_printable(exchange.model or '-')}"
+            f"rid={exchange.request_id} {scope['method']} {printable(scope['path'])}"
+            f" key={exchange.key_name or '-'} model={printable(exchange.model or '-')}"
             f" status={exchange.status or 'aborted'} dur_ms={duration:.1f}"
             f" upstream_ms={f'{upstream * 1000:.1f}' if upstream is not None else '-'}"
             f"{f' outcome={exchange.outcome}' if exchange.outcome else ''}"
@@ -467,6 +484,7 @@ def create_app(settings: Settings) -> GatewayApp:
         },
         prefixes={"/api/": ollama, "/v1/": openai, "/admin/": admin},
         fallback=api,
+        allowed_hosts=settings.trusted_hosts,
     )  # fmt: skip
 
 

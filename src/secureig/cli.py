@@ -36,6 +36,7 @@ from secureig.store import (
 )
 from secureig.store.usage import GroupBy, UsageStore, UsageTotal
 from secureig.upstream import OllamaClient, TagEntry, Timeouts, UpstreamError
+from secureig.urls import safe_url
 
 T = TypeVar("T")
 
@@ -269,6 +270,7 @@ def serve(
     import uvicorn
 
     from secureig.app import create_app, refusal_reason
+    from secureig.protocol import HeadLimits, protocol_class
 
     settings = settings_from(
         host=host,
@@ -307,11 +309,12 @@ def serve(
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace),
+            http=protocol_class(HeadLimits(settings.max_header_bytes, settings.header_timeout)),
         )
     )
     say(
         f"secureig {__version__}: listening on http://{settings.host}:{settings.port}"
-        f" in front of {settings.ollama_url}"
+        f" in front of {safe_url(settings.ollama_url)}"
     )
     server.run()
     if not server.started:
@@ -559,19 +562,24 @@ def usage(
 
     rows = with_engine(settings, totals)
     say(f"Usage since {_when(start)} by {by}, from {describe(settings.database_url)}.")
-    table = [(by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL")]
+    table = [(by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED")]
     for row in rows:
         table.append((
             row.group, str(row.requests), str(row.errors), str(row.prompt_tokens),
-            str(row.completion_tokens), str(row.total_tokens),
+            str(row.completion_tokens), str(row.total_tokens), str(row.estimated),
         ))  # fmt: skip
     if len(table) > 1:
         table.append((
             "(all)", str(sum(r.requests for r in rows)), str(sum(r.errors for r in rows)),
             str(sum(r.prompt_tokens for r in rows)), str(sum(r.completion_tokens for r in rows)),
-            str(sum(r.total_tokens for r in rows)),
+            str(sum(r.total_tokens for r in rows)), str(sum(r.estimated for r in rows)),
         ))  # fmt: skip
     _print_table(table)
+    if any(r.estimated for r in rows):
+        say(
+            "ESTIMATED counts requests cut short before the upstream counted their tokens:"
+            " charged the tokens forwarded and an estimate of the prompt."
+        )
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -583,11 +591,6 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # models and check
-
-
-def _redacted(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
 def _upstream_models(settings: Settings) -> list[TagEntry]:
@@ -616,7 +619,7 @@ def models(ollama_url: OllamaOption = None, config: ConfigOption = None) -> None
         entries = _upstream_models(settings)
     except UpstreamError as exc:
         raise fail(str(exc)) from None
-    say(f"{len(entries)} models at {settings.ollama_url}")
+    say(f"{len(entries)} models at {safe_url(settings.ollama_url)}")
     for entry in entries:
         size = f"{entry.size / 1e9:.1f} GB" if entry.size else "-"
         typer.echo(f"{entry.name}\t{size}\t{entry.modified_at}")
@@ -633,19 +636,22 @@ def check(
     failures = 0
     typer.echo(
         f"config    ok    listen {settings.host}:{settings.port},"
-        f" upstream {settings.ollama_url}"
+        f" upstream {safe_url(settings.ollama_url)}"
         + (f", file {settings.config}" if settings.config else "")
     )
 
-    async def store_facts(store: KeyStore) -> tuple[int, list[KeyRecord]]:
-        return await store.count_live(), await store.list()
+    async def store_facts(store: KeyStore) -> tuple[int, list[KeyRecord], bool]:
+        state = await store.state()
+        return await store.count_live(), await store.list(), state.admin_created_at is not None
 
     try:
-        live, records = run(_on_store(settings, lambda engine: store_facts(KeyStore(engine))))
+        live, records, admin_created = run(
+            _on_store(settings, lambda engine: store_facts(KeyStore(engine)))
+        )
         typer.echo(f"store     ok    {describe(settings.database_url)}, {live} live keys")
     except Exception as exc:
         failures += 1
-        live, records = 0, []
+        live, records, admin_created = 0, [], False
         typer.echo(f"store     FAIL  {describe(settings.database_url)}: {exc}")
 
     from secureig.app import refusal_reason
@@ -656,7 +662,12 @@ def check(
         failures += 1
         typer.echo(f"keys      FAIL  {reason.splitlines()[0]}")
     elif has_admin:
-        typer.echo("keys      ok    an admin key exists; the bootstrap key is off")
+        typer.echo("keys      ok    an admin key exists; the bootstrap key is retired")
+    elif admin_created:
+        typer.echo(
+            "keys      warn  no live admin key, and the bootstrap key is retired for good:"
+            " secureig keys create NAME --scope admin"
+        )
     elif settings.admin_key:
         typer.echo("keys      warn  SECUREIG_ADMIN_KEY serves as admin until an admin key exists")
     else:
@@ -680,14 +691,14 @@ def check(
 
         try:
             run(ping())
-            typer.echo(f"limits    ok    Redis at {_redacted(settings.redis_url)}")
+            typer.echo(f"limits    ok    Redis at {safe_url(settings.redis_url)}")
         except Exception as exc:
             failures += 1
             typer.echo(f"limits    FAIL  {exc}")
 
     try:
         count = len(_upstream_models(settings))
-        typer.echo(f"upstream  ok    {settings.ollama_url} serves {count} models")
+        typer.echo(f"upstream  ok    {safe_url(settings.ollama_url)} serves {count} models")
     except UpstreamError as exc:
         failures += 1
         typer.echo(f"upstream  FAIL  {exc}")

@@ -8,17 +8,22 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 MIB = 1024 * 1024
+KIB = 1024
+# What the Host check accepts, when nobody says otherwise, from a server on loopback: a DNS
+# rebinding page names its own domain, never one of these.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 class ConfigFileError(ValueError):
@@ -65,7 +70,32 @@ class Settings(BaseSettings):
     max_keep_alive: float = Field(
         default=1800.0,
         gt=0,
+        le=10 * 365 * 86400,
         description="Longest keep_alive a non-admin key may ask for, in seconds.",
+    )
+    min_keep_alive: float = Field(
+        default=60.0,
+        gt=0,
+        description="Shortest keep_alive a non-admin key may ask for, in seconds (shorter ones"
+        " are raised to it: a model whose keep-alive runs out unloads under everyone).",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header values the gateway answers (comma-separated; '*.example.com'"
+        " and '*' allowed). Default: localhost, 127.0.0.1 and [::1] on loopback, any otherwise.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * KIB,
+        ge=1024,
+        le=16 * MIB,
+        description="Largest request head (request line and headers), in bytes; 431 beyond.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request head may take to arrive, from the connection's start"
+        " or the request's first byte.",
     )
     upstream_connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to open a connection to the upstream."
@@ -134,6 +164,34 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            hosts = [str(h).strip().lower() for h in value if str(h).strip()]
+            for host in hosts:
+                if not _valid_host_pattern(host):
+                    raise ValueError(
+                        f"{host!r} is not a host name, an address or a '*.domain' pattern"
+                    )
+            return hosts
+        return value
+
+    @model_validator(mode="after")
+    def _keep_alive_range(self) -> Self:
+        if self.min_keep_alive > self.max_keep_alive:
+            raise ValueError("min_keep_alive must not be larger than max_keep_alive")
+        return self
+
+    @property
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """The Host check's list; ("*",) lets every host through."""
+        if self.allowed_hosts is not None:
+            return tuple(self.allowed_hosts) or ("*",)
+        return LOOPBACK_HOSTS if self.listens_on_loopback else ("*",)
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -189,6 +247,19 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, with CLI flags as `overrides`; flags left as None are not set."""
     given = {key: value for key, value in overrides.items() if value is not None}
     return Settings(**given)
+
+
+def _valid_host_pattern(host: str) -> bool:
+    if host == "*":
+        return True
+    if host.startswith("*."):
+        host = host[2:]
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return bool(host) and all(c.isalnum() or c in "-._" for c in host) and host.isascii()
 
 
 def is_loopback(host: str) -> bool:

@@ -2,6 +2,11 @@
 
 `llama2`, `LLAMA2:latest`, `library/llama2` and `registry.ollama.ai/library/llama2:latest` are one
 model; its display name (what `/api/tags` lists) is `llama2:latest`.
+
+A pattern is a name whose parts may hold globs, and it is matched part by part: host, namespace,
+model, tag. A glob never spans two parts, and a part left out takes the default a name would
+take, so `llama*` allows `llama3:8b` but never `llama2.evil.example/x/llama2`: another registry
+is allowed only by a pattern that names its host (`hf.co/*/*`, or `*/*/*` for every one).
 """
 
 from __future__ import annotations
@@ -14,15 +19,21 @@ from functools import lru_cache
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
+# Ollama's own limits on a name's parts (types/model/name.go): host 350, every other part 80.
+MAX_NAME_LENGTH = 350 + 1 + 80 + 1 + 80 + 1 + 80
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,79}")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]{0,349}")
 _GLOB = re.compile(r"[*?\[]")
+# What a part of a pattern may hold: a part's own characters and the glob characters.
+_GLOB_PART = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,80}")
+_GLOB_NAMESPACE = re.compile(r"[A-Za-z0-9_\-*?\[\]!]{1,80}")
+_GLOB_HOST = re.compile(r"[A-Za-z0-9_.\-:*?\[\]!]{1,350}")
 
 
 class InvalidModelName(ValueError):
-    """The string is not a model name Ollama would accept."""
+    """The string is not a model name Ollama would accept (or not a pattern of such names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +58,19 @@ class ModelName:
         return _key(self)
 
     @property
+    def parts(self) -> tuple[str, str, str, str]:
+        """Host, namespace, model and tag, lower-cased: what patterns are matched against."""
+        return _parts(self)
+
+    @property
     def is_cloud(self) -> bool:
         # Ollama sends these to ollama.com under the server's own account: never forwarded.
         tag = self.tag.lower()
         return tag == "cloud" or tag.endswith("-cloud")
+
+    @property
+    def on_default_registry(self) -> bool:
+        return self.host.lower() == DEFAULT_HOST
 
 
 @lru_cache(maxsize=4096)
@@ -59,10 +79,15 @@ def _key(name: ModelName) -> str:
 
 
 @lru_cache(maxsize=4096)
+def _parts(name: ModelName) -> tuple[str, str, str, str]:
+    return (name.host.lower(), name.namespace.lower(), name.model.lower(), name.tag.lower())
+
+
+@lru_cache(maxsize=4096)
 def parse_model_name(name: str) -> ModelName:
     """Parse `[host/][namespace/]model[:tag]`, filling Ollama's defaults. Cached: every request
     names a model, and clients name the same few (an invalid name raises and is not kept)."""
-    if not name or len(name) > 512 or name != name.strip():
+    if not name or len(name) > MAX_NAME_LENGTH or name != name.strip():
         raise InvalidModelName(name)
     head, _, last = name.rpartition("/")
     model, colon, tag = last.partition(":")
@@ -89,39 +114,113 @@ def model_key(name: str) -> str:
     return parse_model_name(name).key
 
 
-def normalize_pattern(pattern: str) -> str:
-    """Resolve a key's model pattern like a name: `llama2` means `llama2:latest`.
+def _pattern_parts(pattern: str) -> tuple[str, str, str, str | None]:
+    """A glob pattern's host, namespace, model and tag (None: any tag), lower-cased."""
+    if len(pattern) > MAX_NAME_LENGTH:
+        raise InvalidModelName(pattern)
+    lowered = pattern.lower()
+    if lowered == "*":
+        # Every model of the default registry, whatever its namespace: what "all" means.
+        return DEFAULT_HOST, "*", "*", None
+    segments = lowered.split("/")
+    if len(segments) > 3:
+        raise InvalidModelName(pattern)
+    model, colon, tag = segments[-1].partition(":")
+    if colon and (not tag or ":" in tag):
+        raise InvalidModelName(pattern)
+    host = segments[0] if len(segments) == 3 else DEFAULT_HOST
+    namespace = segments[-2] if len(segments) >= 2 else DEFAULT_NAMESPACE
+    checks = (
+        (host, _HOST, _GLOB_HOST),
+        (namespace, _NAMESPACE, _GLOB_NAMESPACE),
+        (model, _PART, _GLOB_PART),
+        (tag if colon else "x", _PART, _GLOB_PART),
+    )
+    for part, literal, globbed in checks:
+        if not (globbed if _GLOB.search(part) else literal).fullmatch(part):
+            raise InvalidModelName(pattern)
+    return host, namespace, model, tag if colon else None
 
-    A glob keeps its shape (no tag is added) and matches the full resolved name, tag included,
-    so `llama*` allows `llama2:latest` and `llama3:8b`.
+
+def normalize_pattern(pattern: str) -> str:
+    """A key's model pattern in the one spelling the store keeps; raises InvalidModelName.
+
+    A name resolves like a name (`llama2` means `llama2:latest`). A glob keeps its shape, with
+    the default registry and namespace left out, and without a tag it allows every tag, so
+    `llama*` allows `llama2:latest` and `llama3:8b`.
     """
     pattern = pattern.strip()
     if not pattern:
         raise InvalidModelName(pattern)
     if not _GLOB.search(pattern):
         return model_key(pattern)
-    lowered = pattern.lower()
-    for prefix in (
-        f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/",
-        f"{DEFAULT_HOST}/",
-        f"{DEFAULT_NAMESPACE}/",
-    ):
-        if lowered.startswith(prefix):
-            lowered = lowered[len(prefix) :]
-            break
-    return lowered
+    if pattern == "*":
+        return "*"
+    host, namespace, model, tag = _pattern_parts(pattern)
+    last = model if tag is None else f"{model}:{tag}"
+    if host != DEFAULT_HOST:
+        return f"{host}/{namespace}/{last}"
+    if namespace != DEFAULT_NAMESPACE:
+        return f"{namespace}/{last}"
+    return last
 
 
-def pattern_allows(patterns: tuple[str, ...], key: str) -> bool:
-    """True when any normalised pattern matches the model key."""
-    if key in patterns or "*" in patterns:
-        return True
-    globs = _globs(patterns)
-    return globs is not None and globs.match(key) is not None
+Part = str | re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Matcher:
+    exact: frozenset[str]  # model keys
+    globs: tuple[tuple[Part, Part, Part, Part], ...]
+
+    def allows(self, name: ModelName) -> bool:
+        if name.key in self.exact:
+            return True
+        parts = name.parts
+        for glob in self.globs:
+            if all(
+                value == part if isinstance(part, str) else part.match(value) is not None
+                for part, value in zip(glob, parts, strict=True)
+            ):
+                return True
+        return False
+
+
+def _part(text: str | None) -> Part:
+    if text is None:
+        text = "*"
+    return re.compile(translate(text)) if _GLOB.search(text) else text
 
 
 @lru_cache(maxsize=1024)
-def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    # One regex per key's pattern set, compiled once: this runs on every request.
-    parts = [translate(p) for p in patterns if _GLOB.search(p)]
-    return re.compile("|".join(parts)) if parts else None
+def _matcher(patterns: tuple[str, ...]) -> _Matcher:
+    # Compiled once per key's pattern set: this runs on every request. A stored pattern that no
+    # longer parses (written under older rules) allows nothing; the keyring warns about it.
+    exact: set[str] = set()
+    globs: list[tuple[Part, Part, Part, Part]] = []
+    for pattern in patterns:
+        try:
+            if not _GLOB.search(pattern):
+                exact.add(model_key(pattern))
+                continue
+            host, namespace, model, tag = _pattern_parts(pattern)
+        except InvalidModelName:
+            continue
+        globs.append((_part(host), _part(namespace), _part(model), _part(tag)))
+    return _Matcher(frozenset(exact), tuple(globs))
+
+
+def pattern_allows(patterns: tuple[str, ...], name: ModelName) -> bool:
+    """True when any of a key's patterns allows the model, part by part."""
+    return _matcher(patterns).allows(name)
+
+
+def unusable_patterns(patterns: tuple[str, ...]) -> list[str]:
+    """The stored patterns that allow nothing under today's rules."""
+    bad = []
+    for pattern in patterns:
+        try:
+            normalize_pattern(pattern)
+        except InvalidModelName:
+            bad.append(pattern)
+    return bad

@@ -7,10 +7,10 @@ pin a model forever nor unload it under other people. Per-key maxima apply to ev
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from secureig.policy.keepalive import InvalidDuration, keep_alive_nanoseconds
 from secureig.policy.operations import Operation
 from secureig.policy.principal import Principal
 
@@ -31,12 +31,6 @@ LOAD_TIME_OPTIONS = frozenset(
     }
 )
 
-_GO_DURATION = re.compile(r"([-+]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}  # fmt: skip
-
 
 class ClampError(ValueError):
     """The body asks for something malformed (400), not something forbidden."""
@@ -48,23 +42,12 @@ class ClampRefused(PermissionError):
 
 @dataclass(frozen=True, slots=True)
 class ClampPolicy:
-    max_keep_alive: float  # seconds; a negative keep_alive (forever) becomes this
+    """Seconds: the longest keep_alive a non-admin key may ask (a negative one, "forever",
+    becomes this), and the shortest (a positive one below it is raised to it: "1ns" unloads the
+    model as soon as it is idle, as surely as 0 does)."""
 
-
-def keep_alive_seconds(value: object) -> float:
-    """Ollama's keep_alive: a JSON number of seconds or a Go duration string."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ClampError("keep_alive must be a number of seconds or a duration such as '5m'")
-    if not isinstance(value, str):
-        return float(value)
-    text = value.strip()
-    if text in ("0", "+0", "-0"):
-        return 0.0
-    match = _GO_DURATION.fullmatch(text)
-    if not match:
-        raise ClampError(f"invalid keep_alive duration {value!r}")
-    total = sum(float(n) * _UNIT_SECONDS[u] for n, u in _GO_PART.findall(text))
-    return -total if match.group(1) == "-" else total
+    max_keep_alive: float
+    min_keep_alive: float = 60.0
 
 
 def _is_load_only(operation: Operation, body: dict[str, Any]) -> bool:
@@ -109,11 +92,24 @@ def apply_clamps(
         body.pop("options", None)
 
     if "keep_alive" in body and not principal.is_admin:
-        seconds = keep_alive_seconds(body["keep_alive"])
-        if seconds == 0:
-            if _is_load_only(operation, body):
-                raise ClampRefused("unloading a model needs a key with the admin scope")
-            # Unloading right after this answer would evict a model others are using.
-            del body["keep_alive"]
-        elif seconds < 0 or seconds > policy.max_keep_alive:
-            body["keep_alive"] = policy.max_keep_alive
+        _clamp_keep_alive(operation, body, policy)
+
+
+def _clamp_keep_alive(operation: Operation, body: dict[str, Any], policy: ClampPolicy) -> None:
+    value = body["keep_alive"]
+    if value is None:  # Go leaves a null *Duration unset: the server's default
+        del body["keep_alive"]
+        return
+    try:
+        nanoseconds = keep_alive_nanoseconds(value)
+    except InvalidDuration as exc:
+        raise ClampError(f"keep_alive: {exc}") from None
+    if nanoseconds <= 0:
+        # Ollama reads this as zero: unload the model once idle, under everyone using it.
+        if _is_load_only(operation, body):
+            raise ClampRefused("unloading a model needs a key with the admin scope")
+        del body["keep_alive"]
+    elif nanoseconds > policy.max_keep_alive * 1e9:
+        body["keep_alive"] = policy.max_keep_alive
+    elif nanoseconds < policy.min_keep_alive * 1e9:
+        body["keep_alive"] = policy.min_keep_alive

@@ -15,9 +15,11 @@ from secureig.names import InvalidModelName, ModelName, parse_model_name
 from secureig.policy.clamps import ClampError, ClampPolicy, ClampRefused, apply_clamps
 from secureig.policy.keyring import AuthError, Keyring
 from secureig.policy.limits import Limiter, LimiterUnavailable, RateLimited, Ticket
-from secureig.policy.operations import SPECS, Operation
+from secureig.policy.operations import SPECS, Operation, OperationSpec, Rule
 from secureig.policy.principal import Principal
 from secureig.policy.throttle import AuthThrottle
+from secureig.policy.tokens import estimate_prompt_tokens
+from secureig.untrusted import shown
 from secureig.upstream import ModelCatalog, TagEntry
 
 
@@ -76,19 +78,43 @@ class LimiterDown(Refusal):
 @dataclass(slots=True)
 class Ledger:
     """One request's account, filled as it goes: who, what it holds, what it used. The layer
-    above hands it to `admit` and settles it with `settle` once the response is over."""
+    above hands it to `admit` and settles it with `settle` once the response is over.
+
+    Tokens are the upstream's own counts, which come on an answer's final line. An answer cut
+    short before it (the client left, the upstream broke off) is charged what was forwarded:
+    Ollama streams a token per line, so the lines counted in `chunks`, and a prompt estimated
+    from its text where the upstream never said; `estimated` then marks the record.
+    """
 
     principal: Principal | None = None
     ticket: Ticket | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    model: str | None = None  # the model's display name, once the policy parsed it
+    chunks: int = 0  # answer lines (tokens) received from the upstream
+    reported: bool = False  # the upstream's final counts arrived
+    estimated: bool = False
+    operation: Operation | None = None
+    body: dict[str, Any] | None = None  # the native body sent upstream, for an estimate
 
     def count_tokens(self, prompt: object, completion: object) -> None:
         """Take the upstream's own counts (prompt_eval_count, eval_count) when it reports them."""
         if isinstance(prompt, int) and not isinstance(prompt, bool):
             self.prompt_tokens = prompt
+            self.reported = True
         if isinstance(completion, int) and not isinstance(completion, bool):
             self.completion_tokens = completion
+            self.reported = True
+
+    def charge_unreported(self) -> None:
+        """The answer ended without the upstream's counts: charge the lines it forwarded and an
+        estimate of the prompt. A no-op for answers that were counted, or that were no inference."""
+        if self.reported or self.operation is None:
+            return
+        self.completion_tokens = max(self.completion_tokens, self.chunks)
+        if not self.prompt_tokens and self.body is not None:
+            self.prompt_tokens = estimate_prompt_tokens(self.operation, self.body)
+        self.estimated = bool(self.prompt_tokens or self.completion_tokens)
 
 
 _AUTH_MESSAGES = {
@@ -156,15 +182,20 @@ class Gatekeeper:
             raise Forbidden(f"the key {principal.name!r} lacks the {wanted} scope")
 
     @staticmethod
-    def check_model(principal: Principal, model: str, param: str = "model") -> ModelName:
-        """Is this a model name, not a cloud model, and one this key may use?"""
+    def check_model(
+        principal: Principal, model: str, param: str = "model", ledger: Ledger | None = None
+    ) -> ModelName:
+        """Is this a model name, not a cloud model, and one this key may use? The first name a
+        request names is noted in its ledger once it parses, refused or not, for the log."""
         try:
             name = parse_model_name(model)
         except InvalidModelName:
-            raise InvalidModel(f"invalid model name {model!r}", param) from None
+            raise InvalidModel(f"invalid model name {shown(model)}", param) from None
+        if ledger is not None and ledger.model is None:
+            ledger.model = name.display
         if name.is_cloud:
             raise Forbidden(f"model {model!r} is a cloud model; the gateway never forwards those")
-        if not principal.allows_model(name.key):
+        if not principal.allows_model(name):
             raise Forbidden(f"the key {principal.name!r} may not use model {model!r}", param)
         return name
 
@@ -174,7 +205,7 @@ class Gatekeeper:
             name = parse_model_name(model)
         except InvalidModelName:
             return False
-        return not name.is_cloud and principal.allows_model(name.key)
+        return not name.is_cloud and principal.allows_model(name)
 
     async def locate(self, name: ModelName, model: str) -> TagEntry:
         entry = await self.catalog.lookup(name.key)
@@ -199,6 +230,8 @@ class Gatekeeper:
         spec = SPECS[operation]
         self.check_scope(principal, operation)
         body = body if body is not None else {}
+        if not body.keys() <= spec.plain_fields:
+            _check_fields(principal, spec, body)
         names: list[tuple[ModelName, str]] = []
         for field in spec.models:
             value = next((body[n] for n in field.names if body.get(n)), None)
@@ -208,7 +241,7 @@ class Gatekeeper:
                 continue
             if not isinstance(value, str):
                 raise InvalidRequest(f"{field.names[0]} must be a string", field.names[0])
-            names.append((self.check_model(principal, value, field.names[0]), value))
+            names.append((self.check_model(principal, value, field.names[0], ledger), value))
         upstream = None
         if spec.must_exist:
             upstream = await self.locate(*names[0])
@@ -219,6 +252,8 @@ class Gatekeeper:
                 raise InvalidRequest(str(exc)) from None
             except ClampRefused as exc:
                 raise Forbidden(str(exc)) from None
+        if spec.inference:
+            ledger.operation, ledger.body = operation, body
         if principal.limits.any:
             try:
                 ledger.ticket = await self.limiter.acquire(principal.subject, principal.limits)
@@ -233,3 +268,26 @@ class Gatekeeper:
         if ledger.ticket is not None:
             ticket, ledger.ticket = ledger.ticket, None
             await self.limiter.release(ticket, ledger.prompt_tokens + ledger.completion_tokens)
+
+
+def _check_fields(principal: Principal, spec: OperationSpec, body: dict[str, Any]) -> None:
+    """Every field of the body is one the operation lists, and allowed for this key. A field the
+    policy restricts but the body leaves empty (false, "", null) is dropped: it asks nothing."""
+    for name in list(body):
+        rule = spec.fields.get(name)
+        if rule is None:
+            hint = (
+                " (field names are lower case, in ASCII)"
+                if name != name.lower() or not name.isascii()
+                else ""
+            )
+            raise InvalidRequest(f"unknown field {shown(name, 64)}{hint}", name[:64])
+        if rule.rule is Rule.FORWARD:
+            continue
+        value = body[name]
+        if value is None or value is False or value == "":
+            del body[name]
+        elif rule.rule is Rule.NEVER:
+            raise Forbidden(f"field {name!r} is never forwarded: {rule.why}", name)
+        elif not principal.is_admin:
+            raise Forbidden(f"field {name!r} needs a key with the admin scope: {rule.why}", name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from secureig.credentials import Scope, key_digest
+from secureig.names import unusable_patterns
 from secureig.policy.limits import Limits
 from secureig.policy.principal import BOOTSTRAP, Principal
 from secureig.store import KeyRecord, KeyStore
@@ -35,7 +36,9 @@ class AuthError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BootstrapPolicy:
-    """When the bootstrap key may serve: never past the first admin key in the store.
+    """When the bootstrap key may serve: never once the store has held an admin key, even after
+    that key expired or was revoked (the store remembers). Recovering from a lost admin key is
+    `secureig keys create NAME --scope admin` on the server.
 
     `enabled` is settled at start: on loopback, or where the operator opted in, or where the
     operator chose the bootstrap key's value with SECUREIG_ADMIN_KEY.
@@ -72,7 +75,7 @@ class Keyring:
         self._bootstrap_digest = key_digest(bootstrap.secret)
         self._interval = refresh_interval
         self._by_digest: dict[str, Principal] = {}
-        self._admin_expiries: list[float | None] = []
+        self._admin_created: bool = False  # the store has held an admin key: bootstrap is over
         self._generation: int | None = None
         self._last_used: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -81,21 +84,32 @@ class Keyring:
 
     async def load(self) -> None:
         """Read every live key from the store and swap the lookup table in one assignment."""
-        generation = await self._store.generation()
+        state = await self._store.state()
         records = await self._store.list()
+        for record in records:
+            for pattern in unusable_patterns(record.models):
+                log.warning(
+                    "key %r: model pattern %r allows nothing (a pattern for another registry"
+                    " names its host, namespace and model, such as hf.co/*/*)",
+                    record.name,
+                    pattern,
+                )
         self._by_digest = {r.digest: _principal(r) for r in records}
-        self._admin_expiries = [
-            p.expires_at for p in self._by_digest.values() if Scope.ADMIN in p.scopes
-        ]
+        was_active = self.bootstrap_active
+        self._admin_created = state.admin_created_at is not None or any(
+            Scope.ADMIN in r.scopes for r in records
+        )
+        if was_active and self._generation is not None and not self.bootstrap_active:
+            log.warning(
+                "bootstrap key retired for good: the store holds an admin key; a lost admin key"
+                " is replaced with: secureig keys create NAME --scope admin"
+            )
         self.key_count = len(records)
-        self._generation = generation
+        self._generation = state.generation
 
     @property
     def bootstrap_active(self) -> bool:
-        if not self._bootstrap.enabled:
-            return False
-        now = time.time()
-        return not any(e is None or e > now for e in self._admin_expiries)
+        return self._bootstrap.enabled and not self._admin_created
 
     def authenticate(self, secret: str | None) -> Principal:
         if not secret:

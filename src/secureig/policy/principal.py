@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from secureig.credentials import Scope
-from secureig.names import pattern_allows
+from secureig.names import ModelName, pattern_allows
 from secureig.policy.limits import NO_LIMITS, Limits
 
 
@@ -32,8 +32,8 @@ class Principal:
     def has_any_scope(self, scopes: frozenset[Scope]) -> bool:
         return self.is_admin or not self.scopes.isdisjoint(scopes)
 
-    def allows_model(self, key: str) -> bool:
-        return self.is_admin or pattern_allows(self.patterns, key)
+    def allows_model(self, name: ModelName) -> bool:
+        return self.is_admin or pattern_allows(self.patterns, name)
 
 
 BOOTSTRAP = Principal(name="bootstrap", scopes=frozenset({Scope.ADMIN}), patterns=("*",))

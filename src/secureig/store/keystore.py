@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from secureig.credentials import Scope, generate_key, key_digest, parse_scopes, visible_prefix
 from secureig.names import normalize_pattern
 from secureig.store.tables import ApiKey, KeyringState
+from secureig.untrusted import shown
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 
@@ -48,8 +50,12 @@ class KeyLimits:
 
     def __post_init__(self) -> None:
         for name, value in self.pairs():
-            if value is not None and value < 1:
-                raise KeyStoreError(f"{name} must be a positive number")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise KeyStoreError(f"{name} must be a positive whole number")
+            if value > LIMIT_MAXIMA[name]:
+                raise KeyStoreError(f"{name} must be at most {LIMIT_MAXIMA[name]}")
 
     def pairs(self) -> list[tuple[str, int | None]]:
         return [(name, getattr(self, name)) for name in LIMIT_FIELDS]
@@ -71,6 +77,15 @@ class KeyLimits:
 
 
 LIMIT_FIELDS = ("max_num_ctx", "max_num_predict", "rpm", "tpm", "concurrency", "daily_tokens")
+# What the columns hold (32-bit integers; daily_tokens 64-bit), so no value reaches the database
+# that it would refuse.
+_INT32 = 2**31 - 1
+LIMIT_MAXIMA = {
+    "max_num_ctx": _INT32, "max_num_predict": _INT32, "rpm": _INT32, "tpm": _INT32,
+    "concurrency": _INT32, "daily_tokens": 10**15,
+}  # fmt: skip
+# Patterns per key, so a key's model list stays something a person can read.
+MAX_PATTERNS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,12 @@ def _record(row: ApiKey) -> KeyRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class KeyringStatus:
+    generation: int  # changes with every key change
+    admin_created_at: datetime | None  # when the store first held an admin key
+
+
 class Unchanged:
     """Marks an update argument that leaves its field alone where None would clear it."""
 
@@ -138,13 +159,16 @@ def _scope_text(scopes: Iterable[Scope]) -> str:
 
 
 def _patterns(models: Iterable[str]) -> list[str]:
-    return sorted({normalize_pattern(m) for m in models}) or ["*"]
+    patterns = sorted({normalize_pattern(m) for m in models}) or ["*"]
+    if len(patterns) > MAX_PATTERNS:
+        raise KeyStoreError(f"a key takes at most {MAX_PATTERNS} model patterns")
+    return patterns
 
 
 def validate_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise KeyStoreError(
-            f"invalid key name {name!r}: 1-64 characters, letters, digits and _ . @ -,"
+            f"invalid key name {shown(name, 64)}: 1-64 characters, letters, digits and _ . @ -,"
             " starting with a letter or digit"
         )
     return name
@@ -154,12 +178,14 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def _bump(self, session: AsyncSession) -> None:
-        await session.execute(
-            update(KeyringState)
-            .where(KeyringState.id == 1)
-            .values(generation=KeyringState.generation + 1)
-        )
+    async def _bump(self, session: AsyncSession, admin: bool = False) -> None:
+        values: dict[str, Any] = {"generation": KeyringState.generation + 1}
+        if admin:
+            # Remembered for good, in the key's own transaction: the bootstrap key is over.
+            values["admin_created_at"] = func.coalesce(
+                KeyringState.admin_created_at, datetime.now(UTC)
+            )
+        await session.execute(update(KeyringState).where(KeyringState.id == 1).values(values))
 
     async def create(
         self,
@@ -187,7 +213,7 @@ class KeyStore:
         try:
             async with self._sessions.begin() as session:
                 session.add(row)
-                await self._bump(session)
+                await self._bump(session, admin=Scope.ADMIN in parse_scopes(row.scopes.split()))
         except IntegrityError:
             raise KeyExists(f"a live key named {name!r} already exists") from None
         return _record(row), secret
@@ -197,7 +223,7 @@ class KeyStore:
             select(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
         )
         if row is None:
-            raise KeyNotFound(f"no live key named {name!r}")
+            raise KeyNotFound(f"no live key named {shown(name, 64)}")
         return row
 
     async def update(
@@ -223,7 +249,7 @@ class KeyStore:
             if limits is not None:
                 for name, value in limits.pairs():
                     setattr(row, name, value)
-            await self._bump(session)
+            await self._bump(session, admin=Scope.ADMIN in parse_scopes(row.scopes.split()))
         return _record(row)
 
     async def revoke(self, name: str) -> KeyRecord:
@@ -264,6 +290,19 @@ class KeyStore:
                 select(KeyringState.generation).where(KeyringState.id == 1)
             )
         return int(value or 0)
+
+    async def state(self) -> KeyringStatus:
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(KeyringState.generation, KeyringState.admin_created_at).where(
+                        KeyringState.id == 1
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            return KeyringStatus(0, None)
+        return KeyringStatus(int(row[0] or 0), _utc(row[1]))
 
     async def record_last_used(self, used: Mapping[int, datetime]) -> None:
         """Write last-used times in one transaction; no generation bump, nothing to reload."""

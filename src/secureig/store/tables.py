@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,6 +64,8 @@ class KeyringState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(Integer, nullable=False)
+    # When the store first held an admin key; from then on the bootstrap key never serves.
+    admin_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class UsageRow(Base):
@@ -69,11 +82,13 @@ class UsageRow(Base):
     key_name: Mapped[str] = mapped_column(String(64), nullable=False)
     surface: Mapped[str] = mapped_column(String(16), nullable=False)
     route: Mapped[str] = mapped_column(String(200), nullable=False)
-    model: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(600))
     backend: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[int] = mapped_column(Integer, nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The tokens were estimated: the answer was cut short before the upstream counted them.
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     ttfb_ms: Mapped[float | None] = mapped_column(Float)
     duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
     bytes_in: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -40,6 +40,7 @@ class UsageRecord:
     status: int
     prompt_tokens: int
     completion_tokens: int
+    tokens_estimated: bool
     ttfb_ms: float | None
     duration_ms: float
     bytes_in: int
@@ -56,6 +57,7 @@ class UsageTotal:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    estimated: int = 0  # requests whose tokens are an estimate (cut short before the counts)
 
     @property
     def total_tokens(self) -> int:
@@ -83,8 +85,8 @@ class UsageStore:
         at: Any = r.at.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else r.at
         return (
             at, r.request_id, r.key_id, r.key_name, r.surface, r.route, r.model, r.backend,
-            r.status, r.prompt_tokens, r.completion_tokens, r.ttfb_ms, r.duration_ms,
-            r.bytes_in, r.bytes_out,
+            r.status, r.prompt_tokens, r.completion_tokens, r.tokens_estimated, r.ttfb_ms,
+            r.duration_ms, r.bytes_in, r.bytes_out,
         )  # fmt: skip
 
     async def insert(self, records: list[UsageRecord]) -> None:
@@ -112,6 +114,7 @@ class UsageStore:
                 func.sum((UsageRow.status >= 400).cast(UsageRow.status.type)),
                 func.coalesce(func.sum(UsageRow.prompt_tokens), 0),
                 func.coalesce(func.sum(UsageRow.completion_tokens), 0),
+                func.coalesce(func.sum(UsageRow.tokens_estimated.cast(UsageRow.status.type)), 0),
             )
             .group_by(column)
             .order_by(column)
@@ -125,8 +128,10 @@ class UsageStore:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [
-            UsageTotal(str(grp), int(n), int(errors or 0), int(prompt), int(completion))
-            for grp, n, errors, prompt, completion in rows
+            UsageTotal(
+                str(grp), int(n), int(errors or 0), int(prompt), int(completion), int(estimated)
+            )
+            for grp, n, errors, prompt, completion, estimated in rows
         ]
 
 

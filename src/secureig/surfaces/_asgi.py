@@ -191,6 +191,21 @@ async def respond_json(
     await respond(send, status, json_bytes(value), JSON, extra)
 
 
+async def respond_error(
+    scope: Scope, send: Send, status: int, message: str, param: str | None = None
+) -> None:
+    """An error before any surface has looked at the request, in the shape its path's surface
+    uses: plain text for the seed, OpenAI's envelope under /v1, `{"error"}` everywhere else."""
+    path: str = scope.get("path", "")
+    if path == "/request":
+        await respond(send, status, message.encode(), b"text/plain; charset=utf-8")
+    elif path == "/v1" or path.startswith("/v1/"):
+        error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+        await respond_json(send, status, {"error": error})
+    else:
+        await respond_json(send, status, {"error": message})
+
+
 # Most answers are over before this; a client gone sooner is noticed this much later.
 WATCH_AFTER = 0.05
 

@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field
 
 from secureig.credentials import parse_scopes
 from secureig.durations import parse_duration
-from secureig.names import InvalidModelName
+from secureig.names import MAX_NAME_LENGTH, InvalidModelName
 from secureig.policy import Gatekeeper, Operation, Principal, Refusal
 from secureig.store import UNCHANGED, KeyLimits, KeyRecord, KeyStore, KeyStoreError
-from secureig.store.keystore import KeyExists, KeyNotFound
+from secureig.store.keystore import LIMIT_MAXIMA, MAX_PATTERNS, KeyExists, KeyNotFound
 from secureig.store.usage import UsageStore
 from secureig.surfaces._asgi import (
     ASGIApp,
@@ -35,6 +35,7 @@ from secureig.surfaces._asgi import (
     refusal_status,
     respond_json,
 )
+from secureig.untrusted import shown
 from secureig.upstream import ModelCatalog
 
 
@@ -43,30 +44,42 @@ class AdminError(HTTPException):
         super().__init__(status, message, headers)
 
 
+def _limit(name: str) -> Any:
+    return Field(default=None, ge=0, le=LIMIT_MAXIMA[name], strict=True)
+
+
 class LimitsIn(BaseModel):
     """Limits to set; on update, omitted fields stay and 0 removes a limit."""
 
-    max_num_ctx: int | None = Field(default=None, ge=0)
-    max_num_predict: int | None = Field(default=None, ge=0)
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
-    daily_tokens: int | None = Field(default=None, ge=0)
+    max_num_ctx: int | None = _limit("max_num_ctx")
+    max_num_predict: int | None = _limit("max_num_predict")
+    rpm: int | None = _limit("rpm")
+    tpm: int | None = _limit("tpm")
+    concurrency: int | None = _limit("concurrency")
+    daily_tokens: int | None = _limit("daily_tokens")
+
+
+Pattern = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+Scopes = list[Literal["inference", "manage", "admin"]]
 
 
 class KeyCreate(LimitsIn):
     name: str
-    scopes: list[Literal["inference", "manage", "admin"]] = ["inference"]
-    models: list[str] = Field(
-        default_factory=list, description="Names or globs; empty: every model."
+    scopes: Scopes = Field(default=["inference"], max_length=3)
+    models: list[Pattern] = Field(
+        default_factory=list,
+        max_length=MAX_PATTERNS,
+        description="Names or globs; empty: every model of the default registry.",
     )
-    expires_in: str | None = Field(default=None, description="90s, 45m, 12h, 30d")
+    expires_in: str | None = Field(default=None, max_length=32, description="90s, 45m, 12h, 30d")
 
 
 class KeyUpdate(LimitsIn):
-    scopes: list[Literal["inference", "manage", "admin"]] | None = None
-    models: list[str] | None = None
-    expires_in: str | None = Field(default=None, description="90s, 45m, 12h, 30d, or never")
+    scopes: Scopes | None = Field(default=None, max_length=3)
+    models: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    expires_in: str | None = Field(
+        default=None, max_length=32, description="90s, 45m, 12h, 30d, or never"
+    )
 
 
 class KeyOut(BaseModel):
@@ -109,6 +122,7 @@ class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated: int = Field(description="Requests whose tokens are an estimate: cut short.")
 
 
 def _expiry(text: str | None) -> datetime | None:
@@ -187,8 +201,8 @@ def admin_router(
     @router.post("/keys", status_code=201)
     async def create_key(_: Admin, body: KeyCreate) -> KeyWithSecret:
         """Create a key; its secret is in this answer only."""
-        limits = KeyLimits().changed(**body.model_dump(include=set(LimitsIn.model_fields)))
         try:
+            limits = KeyLimits().changed(**body.model_dump(include=set(LimitsIn.model_fields)))
             record, secret = await keys.create(
                 body.name, parse_scopes(body.scopes), body.models, _expiry(body.expires_in), limits
             )
@@ -201,7 +215,7 @@ def admin_router(
     async def _live(name: str) -> KeyRecord:
         record = next((r for r in await keys.list() if r.name == name), None)
         if record is None:
-            raise AdminError(404, f"no live key named {name!r}")
+            raise AdminError(404, f"no live key named {shown(name, 64)}")
         return record
 
     @router.patch("/keys/{name}")
@@ -246,9 +260,9 @@ def admin_router(
     async def usage_totals(
         _: Admin,
         by: Literal["key", "model", "day"] = "key",
-        since: Annotated[str, Query(description="12h, 7d, 30d")] = "7d",
-        key: str | None = None,
-        model: str | None = None,
+        since: Annotated[str, Query(max_length=32, description="12h, 7d, 30d")] = "7d",
+        key: Annotated[str | None, Query(max_length=64)] = None,
+        model: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
     ) -> list[UsageOut]:
         """Requests and tokens per key, model or day, as `secureig usage` prints them."""
         try:
@@ -263,7 +277,7 @@ def admin_router(
         """What discovery found upstream, refreshed now."""
         state = await catalog.refresh()
         return {
-            "upstream": catalog.client.base_url,
+            "upstream": catalog.client.address,
             "status": "up" if state.up else "down",
             "error": state.error,
             "models": sorted(entry.name for entry in state.models.values()),
@@ -274,5 +288,5 @@ def admin_router(
 
 def _message(exc: Exception) -> str:
     if isinstance(exc, InvalidModelName):
-        return f"invalid model pattern {str(exc)!r}"
+        return f"invalid model pattern {shown(str(exc))}"
     return str(exc)

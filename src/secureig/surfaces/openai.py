@@ -232,7 +232,6 @@ class OpenAISurface:
                 plan = embeddings_request(body)
         except TranslationError as exc:
             raise OpenAIError(400, exc.message, "invalid_request_error", param=exc.param) from None
-        ex.model = plan.model
         try:
             admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
         except Refusal as refusal:
@@ -316,6 +315,7 @@ class OpenAISurface:
         try:
             line = first
             while line is not None:
+                ex.ledger.chunks += 1
                 events = b"".join(sse(chunk) for chunk in translator.feed(line))
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
@@ -351,7 +351,6 @@ class OpenAISurface:
         await respond_json(send, 200, models_list(visible))
 
     async def _model(self, send: Send, ex: Exchange, principal: Principal, model: str) -> None:
-        ex.model = model
         try:
             admission = await self._gate.admit(
                 principal, Operation.SHOW, ex.ledger, {"model": model}

@@ -159,7 +159,6 @@ class SeedSurface:
                 413, f"Request body too large: the limit is {exc.limit} bytes"
             ) from None
         seed = parse(body)
-        ex.model = seed.model
         upstream_body: dict[str, Any] = {
             "model": seed.model,
             "prompt": seed.request,
@@ -200,6 +199,7 @@ class SeedSurface:
     ) -> None:
         parts: list[str] = []
         async for line in upstream.lines():
+            ex.ledger.chunks += 1
             piece = line.get("response")
             if isinstance(piece, str):
                 parts.append(piece)
@@ -235,6 +235,7 @@ class SeedSurface:
 
     @staticmethod
     async def _send_piece(send: Send, line: dict[str, Any], ex: Exchange) -> None:
+        ex.ledger.chunks += 1
         if line.get("done"):
             ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
         piece = line.get("response")

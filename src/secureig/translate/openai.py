@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from secureig.untrusted import shown
+
 __all__ = [
     "SSE_DONE",
     "ChatPlan",
@@ -76,6 +78,10 @@ class TranslationError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+def _shown(value: object) -> str:
+    return shown(value) if isinstance(value, str) else shown(repr(value))
 
 
 def new_id(prefix: str) -> str:
@@ -333,7 +339,7 @@ def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, A
     given_role = raw.get("role")
     role = _ROLES.get(given_role.lower()) if isinstance(given_role, str) else None
     if role is None:
-        raise TranslationError(f"{where}: invalid role {given_role!r}", "messages")
+        raise TranslationError(f"{where}: invalid role {_shown(given_role)}", "messages")
     native: dict[str, Any] = {"role": role}
 
     calls: list[dict[str, Any]] = []
@@ -411,7 +417,7 @@ def _format(body: dict[str, Any]) -> Any:
                 "response_format.json_schema.schema",
             )
         return schema
-    raise TranslationError(f"invalid response_format type {kind!r}", "response_format.type")
+    raise TranslationError(f"invalid response_format type {shown(kind)}", "response_format.type")
 
 
 def _think(body: dict[str, Any]) -> bool | str | None:
@@ -427,7 +433,7 @@ def _think(body: dict[str, Any]) -> bool | str | None:
     if effort is None or effort == "":
         return None  # the model's default
     if not isinstance(effort, str) or effort not in _EFFORTS:
-        raise TranslationError(f"invalid reasoning value: {effort!r} {_EFFORT_HELP}", param)
+        raise TranslationError(f"invalid reasoning value: {_shown(effort)} {_EFFORT_HELP}", param)
     return _EFFORTS[effort]
 
 
@@ -576,7 +582,8 @@ def embeddings_request(body: object) -> EmbeddingsPlan:
         fmt = "float"
     if not isinstance(fmt, str) or fmt.lower() not in ("float", "base64"):
         raise TranslationError(
-            f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].",
+            f"Invalid value for 'encoding_format' = {_shown(fmt)}."
+            " Supported values: ['float', 'base64'].",
             "encoding_format",
         )
     native: dict[str, Any] = {"model": model, "input": data}

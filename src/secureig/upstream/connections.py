@@ -13,10 +13,11 @@ import os
 import re
 import ssl
 import time
+from base64 import b64encode
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -343,7 +344,7 @@ class ConnectionPool:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError("not an http(s) URL")
         self.timeouts = timeouts
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -354,6 +355,11 @@ class ConnectionPool:
         self._keepalive = keepalive_seconds
         host = parts.netloc.rpartition("@")[2]
         lines = [f"Host: {host}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        if parts.username is not None:
+            # Credentials in the URL are the upstream's own (a proxy in front of Ollama, say):
+            # sent as Basic auth on every request, and shown nowhere.
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            lines.append(f"Authorization: Basic {b64encode(userinfo.encode()).decode()}")
         for line in lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("header values may not contain line breaks")

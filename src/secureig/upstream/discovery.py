@@ -55,7 +55,7 @@ class ModelCatalog:
                 models=self.state.models, up=False, error=str(exc), refreshed_at=time.monotonic()
             )
             if was_up and not first:
-                log.warning("upstream %s is down: %s", self.client.base_url, exc)
+                log.warning("upstream %s is down: %s", self.client.address, exc)
             return self.state
         models: dict[str, TagEntry] = {}
         for entry in entries:
@@ -63,7 +63,7 @@ class ModelCatalog:
                 models[model_key(entry.name)] = entry
         self.state = CatalogState(models=models, up=True, error=None, refreshed_at=time.monotonic())
         if not was_up and not first:
-            log.info("upstream %s is up with %d models", self.client.base_url, len(models))
+            log.info("upstream %s is up with %d models", self.client.address, len(models))
         return self.state
 
     async def lookup(self, key: str) -> TagEntry | None:

@@ -25,6 +25,7 @@ from secureig.upstream.connections import (
     Timeout,
     Timeouts,
 )
+from secureig.urls import safe_url
 
 _HEADERS = {
     "Content-Type": "application/json",
@@ -242,6 +243,7 @@ class OllamaClient:
         max_line_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.address = safe_url(self.base_url)  # what logs and answers may show
         # An upstream mounted below a path (behind another proxy) keeps its prefix.
         self._prefix = urlsplit(self.base_url).path
         self._timeouts = timeouts
