@@ -245,6 +245,34 @@ def test_invalid_bodies(shared: Deployment, keys: dict[str, str]) -> None:
         assert fragment in response.json()["error"], response.json()
 
 
+def test_values_ollama_would_fail_on_are_refused_before_it_sees_them(
+    shared: Deployment, standin: OllamaStandIn, keys: dict[str, str]
+) -> None:
+    url = _url(shared) + "/api/generate"
+    before = len(standin.requests)
+    for body, fragment in (
+        ({"options": {"temperature": "hot"}}, "options.temperature must be a number"),
+        ({"options": {"num_predict": 1.5e300}}, "options.num_predict must be an integer"),
+        ({"options": {"use_mmap": 1}}, "options.use_mmap must be a boolean"),
+        ({"options": {"stop": "END"}}, "options.stop must be a list of strings"),
+        ({"format": "yaml"}, 'format must be "json" or a JSON schema object'),
+        ({"format": ["json"]}, 'format must be "json" or a JSON schema object'),
+    ):
+        full = {"model": "llama2", "prompt": "hi", "stream": False, **body}
+        for key in ("llama", "admin"):
+            response = httpx.post(url, json=full, headers=_h(keys[key]))
+            assert response.status_code == 400, (body, response.text)
+            assert fragment in response.json()["error"]
+    assert [r.path for r in standin.requests[before:] if r.path != "/api/tags"] == []
+    # An option Ollama does not list may be tomorrow's load-time one: dropped, but for admins.
+    body = {"model": "llama2", "prompt": "hi", "stream": False,
+            "options": {"temperature": 0.5, "mirostat": 2, "seed": None}}  # fmt: skip
+    assert httpx.post(url, json=body, headers=_h(keys["llama"])).status_code == 200
+    assert _last(standin, "/api/generate")["options"] == {"temperature": 0.5}
+    assert httpx.post(url, json=body, headers=_h(keys["admin"])).status_code == 200
+    assert _last(standin, "/api/generate")["options"] == {"temperature": 0.5, "mirostat": 2}
+
+
 def test_body_limit_on_the_native_surface(deployment: Deployment) -> None:
     gateway = deployment.gateway(max_body_bytes="2000")
     body = {"model": "llama2", "prompt": "x" * 5000}

@@ -49,6 +49,7 @@ from secureig.surfaces.admin import AdminGate, admin_router
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
+from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
 from secureig.untrusted import printable
@@ -311,47 +312,12 @@ def _api(gateway: Gateway) -> FastAPI:
         return JSONResponse({"error": f"invalid request: {problems}"}, 400)
 
     def openapi() -> dict[str, Any]:
-        # /request is served by a plain ASGI callable; describe it here so the schema is whole.
+        # The hot routes are plain ASGI callables; surfaces.schema describes them.
         if api.openapi_schema is None:
             schema = get_openapi(
                 title=api.title, version=api.version, description=api.description, routes=api.routes
             )
-            schema.setdefault("components", {}).setdefault("schemas", {})["SeedRequest"] = (
-                SeedRequest.model_json_schema()
-            )
-            text = {"text/plain": {"schema": {"type": "string"}}}
-            schema["paths"]["/request"] = {
-                "post": {
-                    "summary": "Generate text (the seed endpoint)",
-                    "tags": ["seed"],
-                    "parameters": [
-                        {
-                            "name": "X-API-KEY",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/SeedRequest"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {"description": "The model's text", "content": text},
-                        "403": {
-                            "description": "Bad key, no models, unknown model",
-                            "content": text,
-                        },
-                        "413": {"description": "Body over the limit", "content": text},
-                        "422": {"description": "Malformed body", "content": text},
-                    },
-                }
-            }
-            api.openapi_schema = schema
+            api.openapi_schema = document(schema, SeedRequest)
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
@@ -366,10 +332,11 @@ class GatewayApp:
         gateway: Gateway,
         routes: dict[str, ASGIApp],
         prefixes: dict[str, ASGIApp],
-        fallback: ASGIApp,
+        fallback: FastAPI,
         allowed_hosts: tuple[str, ...] = ("*",),
     ) -> None:
         self.gateway = gateway
+        self.openapi = fallback.openapi  # the whole API's schema, hot routes included
         self._routes = routes
         self._prefixes = tuple(prefixes.items())
         self._fallback = fallback

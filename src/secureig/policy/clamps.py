@@ -1,8 +1,11 @@
 """Option clamps on inference bodies (Ollama's native shape): what one key may ask of a shared GPU.
 
 For keys without the admin scope: load-time options are stripped (they force reloads that every
-tenant pays for), `num_ctx` is kept only up to the key's own maximum, and `keep_alive` may neither
-pin a model forever nor unload it under other people. Per-key maxima apply to every key.
+tenant pays for), and so is any option Ollama's api/types.go does not list (the next one it adds
+may be a load-time one); `num_ctx` is kept only up to the key's own maximum, and `keep_alive` may
+neither pin a model forever nor unload it under other people. Per-key maxima apply to every key.
+Option values of the wrong type, and a `format` that is neither "json" nor a schema, are refused
+here with a 400: Ollama would fail on them with a 500 only once the model is scheduled.
 """
 
 from __future__ import annotations
@@ -30,6 +33,37 @@ LOAD_TIME_OPTIONS = frozenset(
         "draft_num_predict",
     }
 )
+
+
+# Ollama's Options and Runner fields (api/types.go) and the JSON each takes; FromMap fails the
+# request on any other type.
+_INTEGER, _NUMBER, _BOOLEAN, _STRINGS = "an integer", "a number", "a boolean", "a list of strings"
+OPTION_TYPES = {
+    **dict.fromkeys(
+        ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_batch",
+         "num_gpu", "main_gpu", "num_thread", "draft_num_predict"),
+        _INTEGER,
+    ),
+    **dict.fromkeys(
+        ("top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+         "frequency_penalty"),
+        _NUMBER,
+    ),
+    "use_mmap": _BOOLEAN,
+    "stop": _STRINGS,
+}  # fmt: skip
+_INT64 = 2**63
+
+
+def _valid_option(kind: str, value: object) -> bool:
+    if kind == _BOOLEAN:
+        return isinstance(value, bool)
+    if kind == _STRINGS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # Go truncates a number into an integer option; past int64 the result is the CPU's guess.
+    return kind == _NUMBER or -_INT64 <= value < _INT64
 
 
 class ClampError(ValueError):
@@ -67,9 +101,13 @@ def apply_clamps(
     options = body.get("options")
     if options is not None and not isinstance(options, dict):
         raise ClampError("options must be an object")
-    options = dict(options or {})
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    for name, value in options.items():
+        kind = OPTION_TYPES.get(name)
+        if kind is not None and not _valid_option(kind, value):
+            raise ClampError(f"options.{name} must be {kind}")
     if not principal.is_admin:
-        for name in LOAD_TIME_OPTIONS.intersection(options):
+        for name in LOAD_TIME_OPTIONS.intersection(options) | (options.keys() - OPTION_TYPES):
             del options[name]
         if "num_ctx" in options and principal.max_num_ctx is None:
             del options["num_ctx"]
@@ -90,6 +128,10 @@ def apply_clamps(
         body["options"] = options
     else:
         body.pop("options", None)
+
+    fmt = body.get("format")
+    if not (fmt is None or fmt in ("", "json") or isinstance(fmt, dict)):
+        raise ClampError('format must be "json" or a JSON schema object')
 
     if "keep_alive" in body and not principal.is_admin:
         _clamp_keep_alive(operation, body, policy)

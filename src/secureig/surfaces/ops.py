@@ -32,10 +32,14 @@ class Readiness(Protocol):
 def ops_router(probe: Readiness) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+    @router.get("/", response_class=PlainTextResponse)
     async def root() -> str:
         """Answers as Ollama does, so clients that probe `/` find a server; never calls upstream."""
         return "Ollama is running"
+
+    router.add_api_route(
+        "/", root, methods=["HEAD"], response_class=PlainTextResponse, operation_id="root_head"
+    )
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
