@@ -12,7 +12,9 @@ Scenarios: throughput (wrk, 32 connections) and latency (wrk, 1 connection) on t
 streaming time to first byte and gaps at 16 streams; an invalid-key flood beside paced real
 traffic; resident memory with 1,000 slow streams open; RSS over a soak (10 minutes by default).
 Run: make bench   (or: .venv/bin/python bench/run.py --help). BENCH_LOG_LEVEL=warning measures
-the gateway without its access log.
+the gateway without its access log. --baseline DIR adds the gateway of another source tree (a git
+worktree of an earlier commit, say) to throughput and latency, interleaved with this one and set
+up alike, so a change on the request path is measured against its parent in one run.
 """
 
 from __future__ import annotations
@@ -211,6 +213,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results.json", help="JSON results")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the gateway of this source tree (git worktree add DIR REV)",
+    )
+    parser.add_argument(
         "--litellm",
         action="store_true",
         help="also measure LiteLLM's proxy, installed from PyPI into bench/.litellm on first use",
@@ -245,6 +253,22 @@ def main() -> None:
     litellm_url = f"http://127.0.0.1:{litellm_port}"
     litellm_config = tmp / "litellm.yaml"
     litellm_config.write_text(LITELLM_CONFIG.format(backend=backend))
+    baseline_env: dict[str, str] | None = None
+    baseline_key = ""
+    if args.baseline:
+        source = args.baseline.resolve() / "src"
+        if not (source / "secureig").is_dir():
+            sys.exit(f"--baseline {args.baseline}: no src/secureig there")
+        # Its own code (first on the path) and its own store, migrated by its own code.
+        baseline_env = {**gateway_env, "PYTHONPATH": str(source),
+                        "SECUREIG_DATABASE_URL": f"sqlite:///{tmp / 'baseline.db'}"}  # fmt: skip
+        baseline_key = subprocess.run(
+            [PYTHON, "-m", "secureig", "keys", "create", "bench", "--rpm", "100000000",
+             "--tpm", "1000000000", "--concurrency", "100000"],
+            env=baseline_env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    baseline_port = free_port()
+    baseline_url = f"http://127.0.0.1:{baseline_port}"
     redis = redis_url()
     if redis is None:
         print("Redis does not answer: the Redis row is left out", file=sys.stderr)
@@ -263,6 +287,14 @@ def main() -> None:
         Target("gateway /v1/chat/completions", f"{gateway_url}/v1/chat/completions", chat, key),
         Target("gateway /request", f"{gateway_url}/request", seed, key),
     ]
+    if baseline_env is not None:
+        targets += [
+            Target("baseline /api/generate", f"{baseline_url}/api/generate", generate,
+                   baseline_key),
+            Target("baseline /v1/chat/completions", f"{baseline_url}/v1/chat/completions", chat,
+                   baseline_key),
+            Target("baseline /request", f"{baseline_url}/request", seed, baseline_key),
+        ]  # fmt: skip
     if redis:
         targets.append(
             Target(
@@ -308,6 +340,9 @@ def main() -> None:
         process(pinned(0, [PYTHON, "-m", "secureig", "serve", "--port",
                            str(redis_gateway_port)]) if redis else ["true"],
                 redis_env, tmp / "gateway-redis.log") as redis_gateway,
+        process(pinned(0, [PYTHON, "-m", "secureig", "serve", "--port", str(baseline_port)])
+                if baseline_env is not None else ["true"],
+                baseline_env or env, tmp / "baseline.log") as baseline,
         process(pinned(0, [PYTHON, str(BENCH / "floor.py"), "--port", str(floor_port)]),
                 {**env, "BACKEND": backend, "FLOOR_KEY": FLOOR_KEY}, tmp / "floor.log"),
         process(pinned(0, [litellm, "--config", str(litellm_config), "--port",
@@ -320,10 +355,12 @@ def main() -> None:
             wait_up(url)
         if redis:
             wait_up(redis_gateway_url + "/healthz")
+        if baseline_env is not None:
+            wait_up(baseline_url + "/healthz")
         if litellm:
             wait_up(litellm_url + "/health/liveliness", timeout=180)
         pids = {"gateway": gateway.pid, "gateway+redis": redis_gateway.pid,
-                "litellm": litellm_proxy.pid}  # fmt: skip
+                "litellm": litellm_proxy.pid, "baseline": baseline.pid}  # fmt: skip
         for target in targets:  # warm every path once: connection pools, model discovery
             run_wrk(target, 4, 1, tmp)
         rss_idle = rss_mb(gateway.pid)
@@ -542,6 +579,17 @@ def report(
             )
         errors = sum(s.errors for r in results.values() for s in r.samples)
         lines += ["", f"errors (non-2xx, timeouts) in the wrk runs: {errors}"]
+        compared = [t.removeprefix("baseline ") for t in dict.fromkeys(t for _, t in results)
+                    if t.startswith("baseline ")]  # fmt: skip
+        if compared:
+            lines += ["", "this tree against the baseline, the same route, medians:"]
+        for route in compared:
+            mine, theirs = f"gateway {route}", f"baseline {route}"
+            rate = med("throughput", mine, "requests_per_s") / med(
+                "throughput", theirs, "requests_per_s"
+            )
+            p50 = med("latency", mine, "p50_ms") - med("latency", theirs, "p50_ms")
+            lines.append(f"  {route:28} throughput {rate:5.2f}x  p50 @1 {p50:+.3f} ms")
     streaming = {k.removeprefix("streaming "): v for k, v in extra.items()
                  if k.startswith("streaming ")}  # fmt: skip
     if streaming:

@@ -265,11 +265,11 @@ def test_values_ollama_would_fail_on_are_refused_before_it_sees_them(
             assert fragment in response.json()["error"]
     assert [r.path for r in standin.requests[before:] if r.path != "/api/tags"] == []
     # An option Ollama does not list may be tomorrow's load-time one: dropped, but for admins.
-    body = {"model": "llama2", "prompt": "hi", "stream": False,
-            "options": {"temperature": 0.5, "mirostat": 2, "seed": None}}  # fmt: skip
-    assert httpx.post(url, json=body, headers=_h(keys["llama"])).status_code == 200
+    mixed = {"model": "llama2", "prompt": "hi", "stream": False,
+             "options": {"temperature": 0.5, "mirostat": 2, "seed": None}}  # fmt: skip
+    assert httpx.post(url, json=mixed, headers=_h(keys["llama"])).status_code == 200
     assert _last(standin, "/api/generate")["options"] == {"temperature": 0.5}
-    assert httpx.post(url, json=body, headers=_h(keys["admin"])).status_code == 200
+    assert httpx.post(url, json=mixed, headers=_h(keys["admin"])).status_code == 200
     assert _last(standin, "/api/generate")["options"] == {"temperature": 0.5, "mirostat": 2}
 
 

@@ -341,10 +341,10 @@ class GatewayApp:
         self._prefixes = tuple(prefixes.items())
         self._fallback = fallback
         # Every host allowed: no check to pay for at all.
-        self._entry: ASGIApp = (
-            self._dispatch
+        self._hosts = (
+            None
             if "*" in allowed_hosts
-            else TrustedHost(self._dispatch, allowed_hosts, exempt_paths=("/healthz", "/readyz"))
+            else TrustedHost(allowed_hosts, exempt_paths=("/healthz", "/readyz"))
         )
 
     def _route(self, path: str) -> ASGIApp:
@@ -389,13 +389,14 @@ class GatewayApp:
 
         self.gateway.metrics.started()
         try:
-            await self._entry(scope, receive, send_with_id)
+            hosts = self._hosts
+            if hosts is not None and not hosts.allows(scope):
+                await hosts.refuse(scope, send_with_id)
+            else:
+                await self._route(scope["path"])(scope, receive, send_with_id)
         finally:
             await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._route(scope["path"])(scope, receive, send)
 
     def _log(self, scope: Scope, exchange: Exchange) -> None:
         # The path only: a query string could carry anything, and bodies (prompts) never appear.

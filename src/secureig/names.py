@@ -12,7 +12,7 @@ is allowed only by a pattern that names its host (`hf.co/*/*`, or `*/*/*` for ev
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import translate
 from functools import lru_cache
 
@@ -38,49 +38,39 @@ class InvalidModelName(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ModelName:
-    """A parsed model name; `key` is the case-insensitive identity, `display` the short form."""
+    """A parsed model name; `key` is the case-insensitive identity, `display` the short form,
+    `parts` host, namespace, model and tag lower-cased (what patterns are matched against).
+    All are worked out once, when the name is parsed: every request reads them."""
 
     host: str
     namespace: str
     model: str
     tag: str
+    display: str = field(init=False, compare=False, repr=False)
+    key: str = field(init=False, compare=False, repr=False)
+    parts: tuple[str, str, str, str] = field(init=False, compare=False, repr=False)
+    # Ollama sends these to ollama.com under the server's own account: never forwarded.
+    is_cloud: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def display(self) -> str:
-        if self.host.lower() == DEFAULT_HOST:
-            if self.namespace.lower() == DEFAULT_NAMESPACE:
-                return f"{self.model}:{self.tag}"
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-
-    @property
-    def key(self) -> str:
-        return _key(self)
-
-    @property
-    def parts(self) -> tuple[str, str, str, str]:
-        """Host, namespace, model and tag, lower-cased: what patterns are matched against."""
-        return _parts(self)
-
-    @property
-    def is_cloud(self) -> bool:
-        # Ollama sends these to ollama.com under the server's own account: never forwarded.
-        tag = self.tag.lower()
-        return tag == "cloud" or tag.endswith("-cloud")
+    def __post_init__(self) -> None:
+        parts = (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
+        if parts[0] != DEFAULT_HOST:
+            display = f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        elif parts[1] != DEFAULT_NAMESPACE:
+            display = f"{self.namespace}/{self.model}:{self.tag}"
+        else:
+            display = f"{self.model}:{self.tag}"
+        for name, value in (
+            ("display", display),
+            ("key", display.lower()),
+            ("parts", parts),
+            ("is_cloud", parts[3] == "cloud" or parts[3].endswith("-cloud")),
+        ):
+            object.__setattr__(self, name, value)
 
     @property
     def on_default_registry(self) -> bool:
-        return self.host.lower() == DEFAULT_HOST
-
-
-@lru_cache(maxsize=4096)
-def _key(name: ModelName) -> str:
-    return name.display.lower()
-
-
-@lru_cache(maxsize=4096)
-def _parts(name: ModelName) -> tuple[str, str, str, str]:
-    return (name.host.lower(), name.namespace.lower(), name.model.lower(), name.tag.lower())
+        return self.parts[0] == DEFAULT_HOST
 
 
 @lru_cache(maxsize=4096)
@@ -176,14 +166,17 @@ class _Matcher:
     def allows(self, name: ModelName) -> bool:
         if name.key in self.exact:
             return True
-        parts = name.parts
-        for glob in self.globs:
-            if all(
-                value == part if isinstance(part, str) else part.match(value) is not None
-                for part, value in zip(glob, parts, strict=True)
-            ):
-                return True
-        return False
+        return any(_fits(glob, name.parts) for glob in self.globs)
+
+
+def _fits(glob: tuple[Part, Part, Part, Part], parts: tuple[str, str, str, str]) -> bool:
+    for part, value in zip(glob, parts, strict=True):
+        if isinstance(part, str):
+            if value != part:
+                return False
+        elif part.match(value) is None:
+            return False
+    return True
 
 
 def _part(text: str | None) -> Part:
@@ -210,9 +203,22 @@ def _matcher(patterns: tuple[str, ...]) -> _Matcher:
     return _Matcher(frozenset(exact), tuple(globs))
 
 
+# Decisions already taken, by (patterns, model key): every request asks one, and keys and
+# models are few. Cleared when full rather than evicted one by one.
+_decisions: dict[tuple[tuple[str, ...], str], bool] = {}
+_MAX_DECISIONS = 65536
+
+
 def pattern_allows(patterns: tuple[str, ...], name: ModelName) -> bool:
     """True when any of a key's patterns allows the model, part by part."""
-    return _matcher(patterns).allows(name)
+    asked = (patterns, name.key)
+    decision = _decisions.get(asked)
+    if decision is None:
+        decision = _matcher(patterns).allows(name)
+        if len(_decisions) >= _MAX_DECISIONS:
+            _decisions.clear()
+        _decisions[asked] = decision
+    return decision
 
 
 def unusable_patterns(patterns: tuple[str, ...]) -> list[str]:

@@ -6,8 +6,8 @@ it for as long as it trickles in, before any of the gateway's code can look at t
 connection sending a never-ending header, or a line every few seconds, holds memory or a
 connection without ever showing a key. Here the head is refused past `max_bytes` (431) and when
 it has not arrived `timeout` seconds after the connection opened or the request began (408, or a
-plain close when not a byte of it came). Counting costs an addition per read, and the timer is
-one call_later per request head; nothing else on the request path changes.
+plain close when not a byte of it came). Counting costs an addition per read, and the clock one
+reading per request: the timer is one per connection.
 """
 
 from __future__ import annotations
@@ -85,40 +85,48 @@ class _LimitedProtocol(HttpToolsProtocol):
     limits: HeadLimits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        HttpToolsProtocol.__init__(self, *args, **kwargs)
         self._in_head = True  # waiting for (the rest of) a request head
         self._head_bytes = 0  # bytes read while in the head, an upper bound on its size
         self._began = False  # a byte of this head has arrived
+        self._fresh = False  # the next head's clock starts with its first byte
+        self._deadline = 0.0  # loop time by which the head must be whole
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
+    # One timer a connection, not one a request: it wakes at the deadline, or `timeout` after
+    # it when the connection was busy then, and looks again.
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
+        HttpToolsProtocol.connection_made(self, transport)
+        self._deadline = self.loop.time() + self.limits.timeout
+        self._timer = self.loop.call_at(self._deadline, self._look)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        HttpToolsProtocol.connection_lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
         if self._in_head:
             self._head_bytes += len(data)
-        super().data_received(data)
-        limit = self.limits.max_bytes
-        if self._in_head and self._head_bytes > limit:
+        HttpToolsProtocol.data_received(self, data)
+        if self._in_head and self._head_bytes > self.limits.max_bytes:
+            limit = self.limits.max_bytes
             self._refuse(_TOO_LARGE, f"the request head is larger than {limit} bytes")
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._began = True
-        if self._timer is None:
-            self._arm()
+        if self._fresh:
+            self._fresh = False
+            self._deadline = self.loop.time() + self.limits.timeout
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
         limit = self.limits.max_bytes
         # What was read bounds the head from above; only when that is over the limit (a head
         # and a body in one read) is the head itself measured.
@@ -127,31 +135,33 @@ class _LimitedProtocol(HttpToolsProtocol):
             self.scope["secureig.refusal"] = f"the request head is larger than {limit} bytes"  # type: ignore[typeddict-unknown-key]
             app, self.app = self.app, _refuse_head
             try:
-                super().on_headers_complete()
+                HttpToolsProtocol.on_headers_complete(self)
             finally:
                 self.app = app
             return
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
         self._in_head = True
         self._head_bytes = 0
         self._began = False
+        self._fresh = True
 
     # -- the limits ------------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        self._timer = self.loop.call_later(self.limits.timeout, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
+    def _look(self) -> None:
         self._timer = None
-        if not self._in_head or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        due = self._in_head and not self._fresh  # the first head, or one that has begun
+        if not due or now < self._deadline:
+            # Not yet: look again at the deadline. Or busy, or idle between requests (uvicorn's
+            # keep-alive timeout closes those): a head that begins from now on is due no sooner
+            # than a timeout from now.
+            when = self._deadline if due else now + self.limits.timeout
+            self._timer = self.loop.call_at(when, self._look)
             return
         if not self._began and self._head_bytes == 0:
             # Not a byte of a request: an idle connection (a browser's preconnect, say), closed
@@ -167,7 +177,9 @@ class _LimitedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         self._log_refusal(status)
         self._refused = True
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.transport.write(_response(status, message))
         self.transport.close()
 

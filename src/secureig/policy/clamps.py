@@ -60,7 +60,7 @@ def _valid_option(kind: str, value: object) -> bool:
         return isinstance(value, bool)
     if kind == _STRINGS:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     # Go truncates a number into an integer option; past int64 the result is the CPU's guess.
     return kind == _NUMBER or -_INT64 <= value < _INT64
@@ -101,7 +101,7 @@ def apply_clamps(
     options = body.get("options")
     if options is not None and not isinstance(options, dict):
         raise ClampError("options must be an object")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None} if options else {}
     for name, value in options.items():
         kind = OPTION_TYPES.get(name)
         if kind is not None and not _valid_option(kind, value):

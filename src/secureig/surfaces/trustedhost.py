@@ -12,44 +12,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from secureig.surfaces._asgi import ASGIApp, Receive, Scope, Send, exchange_of, respond_error
+from secureig.surfaces._asgi import Scope, Send, exchange_of, respond_error
 from secureig.untrusted import shown
 
 MISDIRECTED = 421
+_MAX_VERDICTS = 1024
 
 
 class TrustedHost:
-    def __init__(
-        self, app: ASGIApp, allowed_hosts: Sequence[str], exempt_paths: Sequence[str] = ()
-    ) -> None:
-        self._app = app
-        self._exempt = frozenset(exempt_paths)
+    """`allows(scope)` on every request, a loop over its headers; `refuse` answers the rest."""
+
+    def __init__(self, allowed_hosts: Sequence[str], exempt_paths: Sequence[str] = ()) -> None:
         hosts = [h.lower() for h in allowed_hosts]
-        self._any = "*" in hosts
+        if "*" in hosts:
+            raise ValueError("every host is allowed: no Host check is needed")
+        self._exempt = frozenset(exempt_paths)
         self._exact = frozenset(h for h in hosts if not h.startswith("*."))
         self._suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))  # ".example.com"
+        # Verdicts by Host header as sent: clients send the same few. Cleared when full.
+        self._verdicts: dict[bytes, bool] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._any:
-            await self._app(scope, receive, send)
-            return
+    def allows(self, scope: Scope) -> bool:
         host: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"host":
                 if host is not None:
-                    host = b""  # two Host headers: which one the router reads is anyone's guess
-                    break
+                    return scope["path"] in self._exempt  # two: which one counts is a guess
                 host = value
-        name = _hostname(host.decode("latin-1")) if host else ""
-        if (
-            name in self._exact
-            or (name and name.endswith(self._suffixes))
-            or scope["path"] in self._exempt
-        ):
-            await self._app(scope, receive, send)
-            return
+        if host is not None:
+            verdict = self._verdicts.get(host)
+            if verdict is None:
+                verdict = self._judge(host)
+            if verdict:
+                return True
+        return scope["path"] in self._exempt
+
+    def _judge(self, host: bytes) -> bool:
+        name = _hostname(host.decode("latin-1"))
+        verdict = name in self._exact or bool(self._suffixes and name.endswith(self._suffixes))
+        if len(self._verdicts) >= _MAX_VERDICTS:
+            self._verdicts.clear()
+        self._verdicts[host] = verdict
+        return verdict
+
+    async def refuse(self, scope: Scope, send: Send) -> None:
         exchange_of(scope).route = "refused-host"
-        what = f"host {shown(name, 80)}" if name else "a request without one Host header"
+        names = [v for n, v in scope["headers"] if n == b"host"]
+        if len(names) == 1:
+            what = f"host {shown(_hostname(names[0].decode('latin-1')), 80)}"
+        else:
+            what = "a request without one Host header"
         await respond_error(
             scope, send, MISDIRECTED, f"{what} is not one this gateway answers for", "host"
         )
