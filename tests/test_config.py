@@ -36,6 +36,24 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(port=3333).port == 3333
 
 
+def test_allowed_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECUREIG_ALLOWED_HOSTS", raising=False)
+    monkeypatch.delenv("SECUREIG_CONFIG", raising=False)
+    assert load_settings().trusted_hosts == ("localhost", "127.0.0.1", "[::1]")
+    assert load_settings(host="0.0.0.0").trusted_hosts == ("*",)
+    monkeypatch.setenv("SECUREIG_ALLOWED_HOSTS", "GW.example.com, *.internal")
+    assert load_settings(host="0.0.0.0").trusted_hosts == ("gw.example.com", "*.internal")
+    monkeypatch.delenv("SECUREIG_ALLOWED_HOSTS")
+    config = tmp_path / "hosts.toml"
+    config.write_text('allowed_hosts = ["gw.example.com", "[::1]"]\n')
+    assert load_settings(config=config).trusted_hosts == ("gw.example.com", "[::1]")
+    for bad in ("gw example", "gw/x", "[not-v6]", "*x.example"):
+        with pytest.raises(ValidationError, match="allowed_hosts"):
+            load_settings(allowed_hosts=bad)
+    with pytest.raises(ValidationError, match="min_keep_alive"):
+        load_settings(min_keep_alive=120, max_keep_alive=60)
+
+
 def test_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="does not exist"):
         load_settings(config=tmp_path / "missing.toml")
