@@ -94,8 +94,8 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
-    # One timer a connection, not one a request: it wakes at the deadline, or `timeout` after
-    # it when the connection was busy then, and looks again.
+    # One timer a connection, not one a request: it wakes at the head's deadline, and while the
+    # connection is busy with a request (or idle between two) it looks again a timeout later.
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
