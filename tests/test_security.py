@@ -321,6 +321,7 @@ def test_4_no_host_or_two_hosts_is_refused(deployment: Deployment) -> None:
 
 def test_4_allowed_hosts_is_configurable(deployment: Deployment) -> None:
     gateway = deployment.gateway(allowed_hosts="gw.example.com, *.internal")
+    assert "answering for Host: gw.example.com, *.internal" in gateway.log()
     for host, status in (
         ("gw.example.com", 200), ("gw.example.com:8085", 200), ("api.internal", 200),
         ("127.0.0.1", 421), ("internal", 421), ("gw.example.com.evil", 421),

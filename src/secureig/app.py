@@ -184,6 +184,14 @@ class Gateway:
             )
         redis = self.settings.redis_url
         log.info("limits: %s", "shared through Redis" if redis else "in this process")
+        hosts = self.settings.trusted_hosts
+        if "*" not in hosts:
+            log.info("answering for Host: %s (SECUREIG_ALLOWED_HOSTS)", ", ".join(hosts))
+        elif not self.settings.listens_on_loopback:
+            log.warning(
+                "answering for any Host: set SECUREIG_ALLOWED_HOSTS to the names clients use,"
+                " so a DNS-rebinding page cannot reach the gateway"
+            )
         if self.keyring.bootstrap_active:
             which = "SECUREIG_ADMIN_KEY" if self.settings.admin_key else f"{BOOTSTRAP_KEY!r}"
             log.warning(
