@@ -123,6 +123,8 @@ class Gateway:
                 total=settings.upstream_total_timeout,
             ),
             max_connections=settings.upstream_max_connections,
+            max_line_bytes=settings.max_line_bytes,
+            max_answer_bytes=settings.max_answer_bytes,
         )
         self.catalog = ModelCatalog(self.client, settings.discovery_interval)
         self.limiter = build_limiter(settings)

@@ -108,6 +108,18 @@ class Settings(BaseSettings):
     upstream_total_timeout: float = Field(
         default=1800.0, gt=0, description="Seconds one upstream request may take in all."
     )
+    max_line_bytes: int = Field(
+        default=16 * MIB,
+        ge=1024,
+        description="Longest NDJSON line an upstream may send in a streamed answer, in bytes;"
+        " a longer one ends the answer with an error.",
+    )
+    max_answer_bytes: int = Field(
+        default=64 * MIB,
+        ge=1024,
+        description="Largest upstream answer the gateway holds whole (non-streamed answers,"
+        " listings), in bytes; 502 beyond.",
+    )
     upstream_max_connections: int = Field(
         default=100, gt=0, description="Pooled connections to the upstream, at most."
     )

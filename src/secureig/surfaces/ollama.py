@@ -248,8 +248,7 @@ class OllamaSurface:
 
     async def _stream(self, raw: RawResponse, send: Send, ex: Exchange, started: float) -> None:
         """Forward whole NDJSON lines as they arrive; a failure becomes a last `{"error"}` line."""
-        pending = b""
-        first = await raw.next_chunk()
+        lines = await raw.next_lines()
         ex.upstream_seconds = time.perf_counter() - started
         await send(
             {
@@ -260,28 +259,21 @@ class OllamaSurface:
         )
         last = b""
         try:
-            chunk = first
-            while chunk is not None:
-                data = pending + chunk
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    body = data[:cut]
-                    # A line a token: what a cut stream is charged when no counts come.
-                    ex.ledger.chunks += body.count(b"\n")
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    last = body[body.rfind(b"\n", 0, cut - 1) + 1 :]
-                pending = data[cut:]
-                chunk = await raw.next_chunk()
+            while lines is not None:
+                # A line a token: what a cut stream is charged when no counts come.
+                ex.ledger.chunks += lines.count(b"\n")
+                await send({"type": "http.response.body", "body": lines, "more_body": True})
+                last = lines
+                lines = await raw.next_lines()
         except UpstreamError as exc:
             # A partial line would break every client's JSON parser: drop it, say what happened.
             ex.outcome = "upstream-failed-mid-stream"
             line = json_bytes({"error": str(exc)}) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
             return
-        tail = pending + b"\n" if pending.strip() else b""
         # Only the final line carries the counts; the lines before it pass through unparsed.
-        _count_tokens(ex, tail or last)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        _count_tokens(ex, last[last.rfind(b"\n", 0, len(last) - 1) + 1 :])
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _upload(
         self,

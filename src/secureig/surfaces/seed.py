@@ -47,6 +47,7 @@ from secureig.upstream import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnavailable,
 )
 
@@ -198,11 +199,18 @@ class SeedSurface:
         self, upstream: NDJSONStream, send: Send, ex: Exchange, started: float
     ) -> None:
         parts: list[str] = []
+        size, limit = 0, self._client.max_answer_bytes
         async for line in upstream.lines():
             ex.ledger.chunks += 1
             piece = line.get("response")
             if isinstance(piece, str):
                 parts.append(piece)
+                size += len(piece)
+                if size > limit:
+                    raise UpstreamTooLarge(
+                        f"upstream sent an answer larger than {limit} bytes,"
+                        " more than the gateway accepts"
+                    )
             if line.get("done"):
                 ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
         # Nothing left before the upstream finished: all of that wait was the upstream's.

@@ -11,6 +11,7 @@ from secureig.upstream.ollama import (
     UpstreamStatusError,
     UpstreamStreamError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnavailable,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamStreamError",
     "UpstreamTimeout",
+    "UpstreamTooLarge",
     "UpstreamUnavailable",
 ]

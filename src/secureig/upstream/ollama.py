@@ -25,6 +25,7 @@ from secureig.upstream.connections import (
     Timeout,
     Timeouts,
 )
+from secureig.upstream.lines import LineSplitter, LineTooLong
 from secureig.urls import safe_url
 
 _HEADERS = {
@@ -62,6 +63,10 @@ class UpstreamStreamError(UpstreamError):
     """The upstream broke off, or reported an error, after its answer had started."""
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The upstream sent a line, or an answer held whole, larger than the gateway accepts."""
+
+
 @dataclass(frozen=True, slots=True)
 class TagEntry:
     """One model as `/api/tags` lists it."""
@@ -83,11 +88,20 @@ def _broken(exc: HTTPError) -> UpstreamError:
 class RawResponse:
     """An open upstream answer, passed through as bytes."""
 
-    def __init__(self, response: Response) -> None:
+    __slots__ = (
+        "_ended", "_max_answer", "_max_line", "_splitter", "content_type", "response", "status",
+        "waited",
+    )  # fmt: skip
+
+    def __init__(self, response: Response, max_line_bytes: int, max_answer_bytes: int) -> None:
         self.response = response
         self.status = response.status
         self.content_type = response.header(b"content-type") or ""
         self.waited = response.waited  # seconds until the upstream's response headers
+        self._max_line = max_line_bytes
+        self._max_answer = max_answer_bytes
+        self._splitter: LineSplitter | None = None  # made when lines are first asked for
+        self._ended = False
 
     async def next_chunk(self) -> bytes | None:
         """The body's next bytes, None at its end; a broken connection raises
@@ -97,11 +111,36 @@ class RawResponse:
         except HTTPError as exc:
             raise _broken(exc) from None
 
-    async def read(self) -> bytes:
+    async def next_lines(self) -> bytes | None:
+        """The body's next whole NDJSON lines, each ending in a newline; None at its end. A line
+        longer than the line limit raises UpstreamTooLarge."""
+        if self._ended:
+            return None
+        splitter = self._splitter
+        if splitter is None:
+            splitter = self._splitter = LineSplitter(self._max_line)
         try:
-            return await self.response.read()
+            while (chunk := await self.next_chunk()) is not None:
+                if lines := splitter.feed(chunk):
+                    return lines
+        except LineTooLong as exc:
+            raise UpstreamTooLarge(f"upstream sent {exc}, more than the gateway accepts") from None
+        self._ended = True
+        tail = splitter.tail()
+        return tail + b"\n" if tail.strip() else None
+
+    async def read(self) -> bytes:
+        """The whole body; one larger than the answer limit raises UpstreamTooLarge."""
+        limit = self._max_answer
+        try:
+            body = await self.response.read(limit + 1)
         except HTTPError as exc:
             raise _broken(exc) from None
+        if len(body) > limit:
+            raise UpstreamTooLarge(
+                f"upstream sent an answer larger than {limit} bytes, more than the gateway accepts"
+            )
+        return body
 
     async def error_message(self) -> str:
         return await _error_message(self.response)
@@ -110,32 +149,20 @@ class RawResponse:
 class NDJSONStream:
     """An open upstream answer whose lines are parsed as they arrive."""
 
-    def __init__(self, response: Response, max_line_bytes: int) -> None:
-        self._response = response
-        self._max_line = max_line_bytes
-        self.status = response.status
+    def __init__(self, raw: RawResponse) -> None:
+        self._raw = raw
+        self.status = raw.status
 
     async def lines(self) -> AsyncIterator[dict[str, Any]]:
         """Each JSON object in turn; an `{"error": ...}` line raises UpstreamStreamError."""
-        buffer = b""
-        response = self._response
-        try:
-            while (chunk := await response.next_chunk()) is not None:
-                # Search only the new bytes: a long line arriving in many pieces stays linear.
-                scan = len(buffer)
-                buffer += chunk
-                while (end := buffer.find(b"\n", scan)) >= 0:
-                    line, buffer, scan = buffer[:end], buffer[end + 1 :], 0
-                    if line.strip():
-                        yield _parse_line(line)
-                if len(buffer) > self._max_line:
-                    raise UpstreamStreamError(
-                        "upstream sent a line longer than the gateway accepts"
-                    )
-        except HTTPError as exc:
-            raise _broken(exc) from None
-        if buffer.strip():
-            yield _parse_line(buffer)
+        raw = self._raw
+        while (block := await raw.next_lines()) is not None:
+            start = 0
+            while (end := block.find(b"\n", start)) >= 0:
+                line = block[start:end] if start or end + 1 < len(block) else block
+                start = end + 1
+                if line.strip():
+                    yield _parse_line(line)
 
 
 def _parse_line(line: bytes) -> dict[str, Any]:
@@ -184,7 +211,7 @@ class _Exchange:
     """What `OllamaClient.request` returns: a plain class, not a generator-based context manager,
     because every proxied request enters one."""
 
-    __slots__ = ("_body", "_method", "_path", "_pool", "_response")
+    __slots__ = ("_body", "_limits", "_method", "_path", "_pool", "_response")
 
     def __init__(
         self,
@@ -192,8 +219,10 @@ class _Exchange:
         method: str,
         path: str,
         body: bytes | AsyncIterable[bytes] | None,
+        limits: tuple[int, int],
     ) -> None:
         self._pool, self._method, self._path, self._body = pool, method, path, body
+        self._limits = limits  # the longest line, the largest answer held whole
         self._response: Response | None = None
 
     async def __aenter__(self) -> RawResponse:
@@ -201,7 +230,7 @@ class _Exchange:
             self._response = await self._pool.send(self._method, self._path, self._body)
         except HTTPError as exc:
             raise _unanswered(exc, "answer") from None
-        return RawResponse(self._response)
+        return RawResponse(self._response, *self._limits)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._response is not None:
@@ -211,11 +240,10 @@ class _Exchange:
 class _Stream:
     """What `OllamaClient.stream` returns: an exchange whose error statuses are raised."""
 
-    __slots__ = ("_exchange", "_max_line")
+    __slots__ = ("_exchange",)
 
-    def __init__(self, exchange: _Exchange, max_line: int) -> None:
+    def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
-        self._max_line = max_line
 
     async def __aenter__(self) -> tuple[NDJSONStream, float]:
         raw = await self._exchange.__aenter__()
@@ -226,7 +254,7 @@ class _Stream:
             finally:
                 await self._exchange.__aexit__(None, None, None)
             raise UpstreamStatusError(raw.status, message)
-        return NDJSONStream(raw.response, self._max_line), raw.waited
+        return NDJSONStream(raw), raw.waited
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._exchange.__aexit__(*exc_info)
@@ -241,6 +269,7 @@ class OllamaClient:
         timeouts: Timeouts,
         max_connections: int = 100,
         max_line_bytes: int = 16 * 1024 * 1024,
+        max_answer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.address = safe_url(self.base_url)  # what logs and answers may show
@@ -248,7 +277,8 @@ class OllamaClient:
         self._prefix = urlsplit(self.base_url).path
         self._timeouts = timeouts
         self._max_connections = max_connections
-        self._max_line = max_line_bytes
+        self.max_line_bytes = max_line_bytes
+        self.max_answer_bytes = max_answer_bytes
         self._pool: ConnectionPool | None = None
 
     async def open(self) -> None:
@@ -277,14 +307,26 @@ class OllamaClient:
     ) -> _Exchange:
         """`async with client.request(...) as raw:` sends a request and gives the open answer,
         whatever its status; leaving the block hands the connection back (or closes it)."""
-        return _Exchange(self._http, method, self._prefix + path, body)
+        return _Exchange(
+            self._http,
+            method,
+            self._prefix + path,
+            body,
+            (self.max_line_bytes, self.max_answer_bytes),
+        )
 
     def stream(self, path: str, body: dict[str, Any]) -> _Stream:
         """`async with client.stream(path, body) as (lines, waited):` POSTs `body` and gives its
         NDJSON answer and the seconds the upstream took to answer. An error status raises
         UpstreamStatusError before anything is given."""
-        exchange = _Exchange(self._http, "POST", self._prefix + path, orjson.dumps(body))
-        return _Stream(exchange, self._max_line)
+        # A request with `stream: false` is answered with one JSON object, the whole answer: its
+        # one line may be as long as an answer held whole.
+        whole = body.get("stream") is False
+        line = self.max_answer_bytes if whole else self.max_line_bytes
+        exchange = _Exchange(
+            self._http, "POST", self._prefix + path, orjson.dumps(body), (line, line)
+        )
+        return _Stream(exchange)
 
     async def tags(self) -> list[TagEntry]:
         """The models the upstream serves, as `/api/tags` lists them."""
@@ -296,7 +338,10 @@ class OllamaClient:
         try:
             if response.status >= 400:
                 raise UpstreamStatusError(response.status, await _error_message(response))
-            data = json.loads(await response.read())
+            body = await response.read(self.max_answer_bytes + 1)
+            if len(body) > self.max_answer_bytes:
+                raise UpstreamUnavailable("upstream sent a model list larger than it may")
+            data = json.loads(body)
         except HTTPError as exc:
             raise _unanswered(exc, "list its models") from None
         except ValueError:
