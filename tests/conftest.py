@@ -84,7 +84,15 @@ class Cli:
 class Gateway:
     """One `secureig serve` process, stopped by its PID."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, port: int, args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        port: int,
+        args: tuple[str, ...] = (),
+        open_files: int | None = None,
+    ):
+        self.open_files = open_files  # a limit on the process's open files (ulimit -n)
         self.env = env
         self.cwd = cwd
         self.port = port
@@ -101,11 +109,18 @@ class Gateway:
             cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.open_files else None,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -184,11 +199,16 @@ class Deployment:
         self.gateways: list[Gateway] = []
 
     def gateway(
-        self, *args: str, port: int | None = None, wait: bool = True, **env: str
+        self,
+        *args: str,
+        port: int | None = None,
+        wait: bool = True,
+        open_files: int | None = None,
+        **env: str,
     ) -> Gateway:
         merged = dict(self.env)
         merged.update({f"SECUREIG_{k.upper()}": v for k, v in env.items()})
-        gateway = Gateway(merged, self.tmp, port or free_port(), args)
+        gateway = Gateway(merged, self.tmp, port or free_port(), args, open_files)
         self.gateways.append(gateway)
         return gateway.start(wait=wait)
 

@@ -5,14 +5,19 @@ fault against a real gateway process and checks what the client sees and what th
 from __future__ import annotations
 
 import json
+import os
+import select
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Deployment, wait_until
+from tests.conftest import Deployment, Gateway, wait_until
 from tests.hostile import MODEL, Behaviour, HostileBackend
+from tests.standin import OllamaStandIn
 
 MIB = 1024 * 1024
 
@@ -124,3 +129,148 @@ def test_limits_are_settings(tmp_path: Path, hostile: HostileBackend) -> None:
         assert "greater than or equal to 1024" in bad.log()
     finally:
         dep.close()
+
+
+# -- slow clients and connection floods ------------------------------------------------------
+
+
+def _connect(gateway: Gateway, source: str) -> socket.socket:
+    # Loopback is a /8: a second address stands for a second client machine.
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", gateway.port))
+    return sock
+
+
+def _refused_with(sock: socket.socket) -> bytes:
+    """What the gateway said before closing, or b"" if it still holds the connection open."""
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return b""
+    except ConnectionResetError:
+        return b"reset"
+
+
+def _open_files(gateway: Gateway) -> int:
+    assert gateway.process is not None
+    return len(os.listdir(f"/proc/{gateway.process.pid}/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to count descriptors")
+def test_one_address_cannot_hold_every_connection(deployment: Deployment) -> None:
+    gateway = deployment.gateway(
+        max_connections="60", max_connections_per_client="20", header_timeout="60"
+    )
+    before = _open_files(gateway)
+    held = [_connect(gateway, "127.0.0.2") for _ in range(20)]
+    flood = [_connect(gateway, "127.0.0.2") for _ in range(200)]
+    try:
+        assert all(_refused_with(sock) == b"" for sock in held[:3])
+        answers = [_refused_with(sock) for sock in flood]
+        assert all(a.startswith(b"HTTP/1.1 503 Service Unavailable") for a in answers[:50])
+        assert b"this address holds its most connections (20)" in answers[0]
+        # Refused connections are closed as they open: the descriptors are not kept.
+        assert _open_files(gateway) < before + 20 + 20
+        # Another address is served meanwhile.
+        ok = httpx.get(gateway.url + "/api/version", headers={"X-API-KEY": "admin"}, timeout=5)
+        assert ok.status_code == 200
+        metrics = httpx.get(gateway.url + "/metrics", timeout=5).text
+        assert 'secureig_connections_refused_total{reason="per-client"} 200.0' in metrics
+    finally:
+        for sock in held + flood:
+            sock.close()
+    assert wait_until(lambda: "(SECUREIG_MAX_CONNECTIONS_PER_CLIENT)" in gateway.log())
+
+
+def test_the_total_cap_refuses_and_readyz_says_so(deployment: Deployment) -> None:
+    gateway = deployment.gateway(
+        max_connections="30", max_connections_per_client="10", header_timeout="60"
+    )
+    held = [_connect(gateway, f"127.0.0.{3 + i // 10}") for i in range(29)]
+    try:
+        # The 30th connection is the last there is room for: readiness says the gateway is full.
+        ready = httpx.get(gateway.url + "/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["connections"] == "exhausted"
+        time.sleep(0.2)  # that connection closes; another takes its place
+        held.append(_connect(gateway, "127.0.0.6"))
+        extra = _connect(gateway, "127.0.0.9")
+        answer = _refused_with(extra)
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert b"the gateway holds its most connections (30)" in answer
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: httpx.get(gateway.url + "/readyz", timeout=5).status_code == 200, 15)
+    assert httpx.get(gateway.url + "/readyz", timeout=5).json()["connections"] == "ok"
+
+
+def test_descriptor_limit_lowers_the_cap_at_start(deployment: Deployment) -> None:
+    # 1,000 open files, 100 upstream connections and 256 more kept back: 644 clients fit.
+    gateway = deployment.gateway(open_files=1000)
+    assert (
+        "SECUREIG_MAX_CONNECTIONS lowered from 4096 to 644: the process may open 1000 files"
+        in gateway.log()
+    )
+    held = [_connect(gateway, f"127.0.1.{i // 300}") for i in range(644)]
+    try:
+        extra = _connect(gateway, "127.0.2.1")
+        assert b"the gateway holds its most connections (644)" in _refused_with(extra)
+        extra.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _slow_post(
+    gateway: Gateway, path: str, body: bytes, piece: int, pace: float, key: str = "admin"
+) -> bytes:
+    """POST `body` a `piece` of bytes every `pace` seconds; what the gateway answered."""
+    sock = _connect(gateway, "127.0.0.5")
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-KEY: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    answer = b""
+    try:
+        for start in range(0, len(body), piece):
+            sock.sendall(body[start : start + piece])
+            if select.select([sock], [], [], pace)[0]:
+                break  # answered before the body was whole
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and b"connection: close" not in answer.lower():
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()
+    return answer
+
+
+def test_a_body_that_trickles_in_is_cut(deployment: Deployment, standin: OllamaStandIn) -> None:
+    gateway = deployment.gateway(body_timeout="1", body_min_rate="50")
+    body = json.dumps({"model": "llama2", "prompt": "x" * 400, "stream": False}).encode()
+    seen = len(standin.requests)
+    # Ten bytes a second, under the 50 asked for: refused within a window or two.
+    answer = _slow_post(gateway, "/api/generate", body, piece=1, pace=0.1)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:200]
+    assert b"slower than 50 bytes a second over 1 seconds" in answer
+    assert len(standin.requests) == seen  # nothing reached the upstream
+    assert wait_until(lambda: "its request body came slower than 50 bytes" in gateway.log())
+
+    # The same body at a steady pace above the rate is served.
+    served = _slow_post(gateway, "/api/generate", body, piece=20, pace=0.1)
+    assert served.startswith(b"HTTP/1.1 200"), served[:200]
+
+
+def test_a_slow_blob_upload_is_cut(deployment: Deployment, standin: OllamaStandIn) -> None:
+    gateway = deployment.gateway(body_timeout="1", body_min_rate="50")
+    digest = "sha256:" + "a" * 64
+    answer = _slow_post(gateway, f"/api/blobs/{digest}", b"z" * 2000, piece=1, pace=0.1)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]

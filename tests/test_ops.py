@@ -32,7 +32,7 @@ def test_readyz_reports_store_and_upstream(shared: Deployment, standin: OllamaSt
     response = httpx.get(shared.gateways[0].url + "/readyz")
     assert response.status_code == 200
     assert response.json() == {
-        "status": "ready", "store": "ok", "limits": "in-process",
+        "status": "ready", "store": "ok", "limits": "in-process", "connections": "ok",
         "upstreams": {"ollama": "up"},
     }  # fmt: skip
 

@@ -34,6 +34,7 @@ from secureig.policy import (
     Limiter,
     LocalLimiter,
 )
+from secureig.protocol import OpenConnections, ServeLimits
 from secureig.store import KeyStore, create_engine, describe, migrate
 from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
 from secureig.surfaces._asgi import (
@@ -137,7 +138,18 @@ class Gateway:
             self.limiter,
             AuthThrottle(settings.auth_failures_per_minute),
         )
+        self.connections = OpenConnections(
+            ServeLimits(
+                head_bytes=settings.max_header_bytes,
+                head_timeout=settings.header_timeout,
+                body_timeout=settings.body_timeout,
+                body_min_rate=settings.body_min_rate,
+                max_connections=settings.max_connections,
+                max_per_client=settings.connections_per_client,
+            )
+        )
         self.metrics = Metrics()
+        self.metrics.watch_connections(lambda: self.connections.open, self.connections.refused)
         self.access_log = AccessLog()
         self.usage = UsageWriter(
             UsageStore(self.engine),
@@ -283,12 +295,14 @@ class Gateway:
                 limits = "ok"
             except Exception:
                 limits = "unreachable"
-        ready = store == "ok" and not self.draining
+        exhausted = self.connections.exhausted
+        ready = store == "ok" and not self.draining and not exhausted
         status = "draining" if self.draining else ("ready" if ready else "not ready")
         return ready, {
             "status": status,
             "store": store,
             "limits": limits,
+            "connections": "exhausted" if exhausted else "ok",
             # States, not addresses: /readyz needs no key.
             "upstreams": {UPSTREAM_NAME: "up" if state.up else "down"},
         }

@@ -270,7 +270,7 @@ def serve(
     import uvicorn
 
     from secureig.app import create_app, refusal_reason
-    from secureig.protocol import HeadLimits, protocol_class
+    from secureig.protocol import fit_descriptors, protocol_class
 
     settings = settings_from(
         host=host,
@@ -289,6 +289,20 @@ def serve(
     reason = refusal_reason(settings, with_store(settings, live_keys))
     if reason:
         raise fail(reason, 2)
+
+    # Upstream connections, the store's and Redis's pools, logs and the listening socket.
+    reserve = settings.upstream_max_connections + 256
+    fitted, descriptors = fit_descriptors(settings.max_connections, reserve)
+    if fitted < settings.max_connections:
+        logging.getLogger("secureig").warning(
+            "SECUREIG_MAX_CONNECTIONS lowered from %d to %d: the process may open %d files"
+            " (ulimit -n) and keeps %d for its own use",
+            settings.max_connections,
+            fitted,
+            descriptors,
+            reserve,
+        )
+        settings = settings.model_copy(update={"max_connections": fitted})
 
     application = create_app(settings)
 
@@ -309,7 +323,7 @@ def serve(
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace),
-            http=protocol_class(HeadLimits(settings.max_header_bytes, settings.header_timeout)),
+            http=protocol_class(application.gateway.connections),
         )
     )
     say(

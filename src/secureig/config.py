@@ -97,6 +97,32 @@ class Settings(BaseSettings):
         description="Seconds a request head may take to arrive, from the connection's start"
         " or the request's first byte.",
     )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds over which a request body must keep arriving (at least"
+        " body_min_rate bytes a second); 408 and a close otherwise.",
+    )
+    body_min_rate: int = Field(
+        default=500,
+        ge=0,
+        description="Slowest a request body may arrive, in bytes a second over each body_timeout"
+        " window; 0 asks only for some byte in each.",
+    )
+    max_connections: int = Field(
+        default=4096,
+        gt=0,
+        le=1_000_000,
+        description="Open client connections, at most; more are answered 503 and closed (lowered"
+        " at start to what the process's file-descriptor limit leaves room for).",
+    )
+    max_connections_per_client: int | None = Field(
+        default=None,
+        gt=0,
+        description="Open connections from one client address, at most (default: half of"
+        " max_connections; behind a reverse proxy every client shares its address).",
+    )
     upstream_connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to open a connection to the upstream."
     )
@@ -196,6 +222,12 @@ class Settings(BaseSettings):
         if self.min_keep_alive > self.max_keep_alive:
             raise ValueError("min_keep_alive must not be larger than max_keep_alive")
         return self
+
+    @property
+    def connections_per_client(self) -> int:
+        if self.max_connections_per_client is not None:
+            return min(self.max_connections_per_client, self.max_connections)
+        return max(1, self.max_connections // 2)
 
     @property
     def trusted_hosts(self) -> tuple[str, ...]:

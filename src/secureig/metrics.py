@@ -6,7 +6,7 @@ Labels are bounded: a surface and an operation (never a raw path or a key), a st
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -99,6 +99,21 @@ class _PerRequest:
         )
 
 
+class _Refusals:
+    def __init__(self, refused: Mapping[str, int]) -> None:
+        self._refused = refused
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "secureig_connections_refused",
+            "Client connections refused or closed by a serving limit.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._refused.items()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -121,6 +136,14 @@ class Metrics:
         self.usage_dropped = Counter(
             "secureig_usage_records_dropped", "Usage records that could not be held.", registry=r
         )
+
+    def watch_connections(self, open_now: Callable[[], int], refused: Mapping[str, int]) -> None:
+        """Client connections open now, and those refused by reason, read at each scrape."""
+        gauge = Gauge(
+            "secureig_connections_open", "Client connections open.", registry=self.registry
+        )
+        gauge.set_function(open_now)
+        self.registry.register(_Refusals(refused))
 
     def started(self) -> None:
         self._per_request.active += 1
