@@ -414,6 +414,7 @@ def _expected(
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "estimated": 0,
+        "incomplete": 0,
     }
 
 

@@ -4,10 +4,13 @@ fault against a real gateway process and checks what the client sees and what th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Deployment, Gateway, wait_until
+from tests.conftest import REQUIRE_SERVICES, Deployment, Gateway, wait_until
 from tests.hostile import MODEL, Behaviour, HostileBackend
+from tests.servers import OwnPostgres
 from tests.standin import OllamaStandIn
 
 MIB = 1024 * 1024
@@ -83,6 +87,10 @@ def test_a_long_line_after_good_ones_ends_the_stream_with_an_error_line(
     assert len(lines) == 4
     assert hostile.sent < 16 * MIB
     assert wait_until(lambda: "outcome=upstream-failed-mid-stream" in gateway.log())
+    # The record says so too, and charges the three lines forwarded.
+    assert wait_until(lambda: "upstream-failed-mid-stream" in _usage_by(bad_backend, "outcome"))
+    row = _usage_by(bad_backend, "outcome")["upstream-failed-mid-stream"]
+    assert row[:3] == ["1", "0", "1"] and row[4] == "3"
 
 
 def test_an_answer_held_whole_is_refused_beyond_the_answer_limit(
@@ -274,3 +282,119 @@ def test_a_slow_blob_upload_is_cut(deployment: Deployment, standin: OllamaStandI
     digest = "sha256:" + "a" * 64
     answer = _slow_post(gateway, f"/api/blobs/{digest}", b"z" * 2000, piece=1, pace=0.1)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+# -- shutdown and how requests ended ---------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    try:
+        server = OwnPostgres().start()
+    except (FileNotFoundError, KeyError) as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but PostgreSQL cannot be started: {exc}")
+        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+    yield server
+    server.remove()
+
+
+def _usage_by(dep: Deployment, by: str) -> dict[str, list[str]]:
+    lines = dep.cli("usage", "--by", by).stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(by.upper()))
+    return {line.split()[0]: line.split()[1:] for line in lines[header + 1 :] if line.strip()}
+
+
+def test_sigterm_with_a_hung_database_ends_and_spools_the_records(
+    tmp_path: Path, standin: OllamaStandIn, own_postgres: OwnPostgres
+) -> None:
+    dep = Deployment(tmp_path, own_postgres.url, standin.url)
+    spool = tmp_path / "usage.spool"
+
+    def start() -> Gateway:
+        return dep.gateway(
+            usage_flush_interval="60", shutdown_grace="1", shutdown_flush_timeout="2",
+            usage_spool=str(spool),
+        )  # fmt: skip
+
+    key = dep.cli.create_key("app")
+    gateway = start()
+    for i in range(20):
+        answer = httpx.post(
+            gateway.url + "/api/generate",
+            json={"model": "llama2", "prompt": f"n{i}", "stream": False},
+            headers={"X-API-KEY": key},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+    own_postgres.pause()
+    try:
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        # The process ends while the database is still stopped (it waited for it before).
+        gateway.process.wait(timeout=60)
+        log = gateway.log()
+        assert "20 usage records spooled to" in log, log[-3000:]
+        records = [json.loads(line) for line in spool.read_text().splitlines()]
+        assert len(records) == 20
+        assert {r["key_name"] for r in records} == {"app"}
+        assert {r["outcome"] for r in records} == {"completed"}
+    finally:
+        own_postgres.resume()
+
+    # The next start writes them, once.
+    again = start()
+    assert wait_until(lambda: "wrote 20 records held from before" in again.log())
+    assert not spool.exists()
+    assert _usage_by(dep, "key")["app"][0] == "20"
+    dep.close()
+
+
+def test_usage_records_say_how_each_request_ended(
+    deployment: Deployment, standin: OllamaStandIn
+) -> None:
+    key = deployment.cli.create_key("app")
+    gateway = deployment.gateway(shutdown_grace="1")
+    standin.chunk_delay = 0.2
+    standin.reply = lambda prompt: [f" w{i}" for i in range(100)]  # 20 s of stream
+    body = {"model": "llama2", "prompt": "go", "stream": True}
+    headers = {"X-API-KEY": key}
+
+    # One the client leaves after a few lines.
+    with httpx.stream(
+        "POST", gateway.url + "/api/generate", json=body, headers=headers, timeout=10
+    ) as answer:
+        lines = answer.iter_lines()
+        for _ in range(3):
+            next(lines)
+
+    # One still streaming when SIGTERM's grace runs out.
+    got_first = threading.Event()
+
+    def stream_until_cut() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream(
+                "POST", gateway.url + "/api/generate", json=body, headers=headers, timeout=30
+            ) as cut,
+        ):
+            for _ in cut.iter_lines():
+                got_first.set()
+
+    reader = threading.Thread(target=stream_until_cut)
+    reader.start()
+    assert got_first.wait(10)
+    assert wait_until(lambda: "status=499" in gateway.log())
+    assert gateway.process is not None
+    gateway.process.send_signal(signal.SIGTERM)
+    gateway.process.wait(timeout=30)
+    reader.join(10)
+
+    # REQUESTS, ERRORS, INCOMPLETE: a client that left is a 499; the cut stream's status was 200.
+    outcomes = _usage_by(deployment, "outcome")
+    assert outcomes["client-disconnected"][:3] == ["1", "1", "1"]
+    assert outcomes["cut-by-shutdown"][:3] == ["1", "0", "1"]
+    # Both were charged what they forwarded.
+    assert all(int(row[4]) > 0 for row in outcomes.values())
+    report = deployment.cli("usage", "--by", "key")
+    assert "--by outcome tells them apart" in report.stderr

@@ -7,11 +7,14 @@ import asyncio
 import signal
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from secureig.store import create_engine, migrate
+from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
 from tests.conftest import POSTGRES_DSN, Cli, Deployment, base_env, wait_until
 from tests.standin import OllamaStandIn
 
@@ -79,15 +82,16 @@ def test_every_authenticated_request_leaves_an_exact_record(
     assert first["duration_ms"] > 0 and first["ttfb_ms"] is not None
     assert first["bytes_in"] > 0 and first["bytes_out"] == len("Echo: one")
     assert len(first["request_id"]) == 16
+    assert {r["outcome"] for r in rows} == {"completed"}
 
     # The CLI report and the admin API agree with the records.
     report = deployment.cli("usage", "--by", "key").stdout.splitlines()
     assert report[0].split() == [
-        "KEY", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED"
+        "KEY", "REQUESTS", "ERRORS", "INCOMPLETE", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED"
     ]  # fmt: skip
     alice_row = next(line.split() for line in report if line.startswith("alice"))
     total = expected_prompt + expected_completion
-    assert alice_row == ["alice", "9", "1", str(expected_prompt), str(expected_completion),
+    assert alice_row == ["alice", "9", "1", "0", str(expected_prompt), str(expected_completion),
                          str(total), "0"]  # fmt: skip
     api = httpx.get(url + "/admin/usage?by=key", headers={"X-API-KEY": "admin"}).json()
     alice_total = next(t for t in api if t["group"] == "alice")
@@ -218,3 +222,53 @@ def test_what_cannot_be_held_is_counted_not_hidden(
         assert "usage records dropped: 1 so far" in gateway.log()
     finally:
         asyncio.run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+
+
+def _record(request_id: str, key_name: str = "app") -> UsageRecord:
+    return UsageRecord(
+        at=datetime.now(UTC), request_id=request_id, key_id=None, key_name=key_name,
+        surface="ollama", route="generate", model="llama2:latest", backend=None, status=200,
+        prompt_tokens=1, completion_tokens=2, tokens_estimated=False, ttfb_ms=1.0,
+        duration_ms=2.0, bytes_in=3, bytes_out=4,
+    )  # fmt: skip
+
+
+def test_a_record_the_database_refuses_does_not_hold_back_the_rest(postgres_url: str) -> None:
+    async def run() -> tuple[bool, int, int, list[int]]:
+        engine = create_engine(postgres_url)
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            dropped: list[int] = []
+            writer = UsageWriter(store, batch_size=10, on_drop=dropped.append)
+            # PostgreSQL refuses a key name longer than its column; the others are fine.
+            records = [_record(f"r{i}", key_name="x" * 100 if i == 2 else "app") for i in range(5)]
+            for record in records:
+                writer.record(record)
+            ok = await writer.flush()
+            # Written again (a timed-out insert retried, a spool replayed): still one each.
+            await store.insert([records[0], records[1]])
+            totals = await store.totals(by="key")
+            return ok, writer.written, sum(t.requests for t in totals), dropped
+        finally:
+            await engine.dispose()
+
+    ok, written, stored, dropped = asyncio.run(run())
+    assert ok and written == 4 and dropped == [1]
+    assert stored == 4
+
+
+def test_the_same_record_twice_is_stored_once(tmp_path: Path) -> None:
+    async def run() -> int:
+        engine = create_engine(f"sqlite:///{tmp_path / 'u.db'}")
+        try:
+            await migrate(engine)
+            store = UsageStore(engine)
+            record = _record("same")
+            await store.insert([record])
+            await store.insert([record, _record("other")])
+            return sum(t.requests for t in await store.totals(by="key"))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == 2

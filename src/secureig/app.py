@@ -62,6 +62,8 @@ UPSTREAM_NAME = "ollama"
 # Request ids tell requests apart in logs and usage; they guard nothing, so a seeded generator
 # serves (a system call per request for os.urandom showed in profiles).
 _ids = random.Random(os.urandom(16))  # noqa: S311
+# Each part closed at shutdown after the usage records gets this long.
+_STOP_STEP_SECONDS = 2.0
 
 
 class StartupRefused(Exception):
@@ -156,6 +158,8 @@ class Gateway:
             batch_size=settings.usage_batch_size,
             interval=settings.usage_flush_interval,
             max_pending=settings.usage_max_pending,
+            write_timeout=settings.usage_write_timeout,
+            spool=settings.usage_spool,
             on_drop=self.metrics.usage_dropped.inc,
         )
         self.metrics.usage_pending.set_function(lambda: self.usage.pending)
@@ -172,7 +176,7 @@ class Gateway:
         state = await self.catalog.refresh()
         self.catalog.start()
         self.keyring.start()
-        self.usage.start()
+        await self.usage.start()
         self._announce(state.up, state.error, sorted(e.name for e in state.models.values()))
 
     def _announce(self, up: bool, error: str | None, models: list[str]) -> None:
@@ -217,13 +221,27 @@ class Gateway:
             log.info("bootstrap key: inactive")
 
     async def stop(self) -> None:
-        # In-flight requests have finished (or the grace period ran out) before this runs.
-        await self.usage.close(grace=self.settings.shutdown_grace)
-        await self.limiter.close()
-        await self.keyring.stop()
-        await self.catalog.stop()
-        await self.client.close()
-        await self.engine.dispose()
+        """In-flight requests have finished (or the grace ran out) before this runs. It takes at
+        most the flush timeout and a few seconds: a database or Redis that stopped answering
+        must not keep the process up until an orchestrator's SIGKILL loses what it held."""
+        # Requests the server cancelled when the grace ran out record themselves as they unwind.
+        deadline = time.monotonic() + 1.0
+        while self.metrics.active and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await self.usage.close(within=self.settings.shutdown_flush_timeout)
+        for name, step in (
+            ("limits", self.limiter.close()),
+            ("key refresh", self.keyring.stop()),
+            ("discovery", self.catalog.stop()),
+            ("upstream connections", self.client.close()),
+            ("store connections", self.engine.dispose()),
+        ):
+            try:
+                await asyncio.wait_for(step, _STOP_STEP_SECONDS)
+            except TimeoutError:
+                log.warning("shutdown: %s did not close within %gs", name, _STOP_STEP_SECONDS)
+            except Exception as exc:
+                log.warning("shutdown: closing %s failed: %s", name, exc)
         self.access_log.flush()
 
     async def finish(self, scope: Scope, ex: Exchange) -> None:
@@ -272,6 +290,7 @@ class Gateway:
                     duration_ms=(now - ex.started) * 1000,
                     bytes_in=ex.bytes_in,
                     bytes_out=ex.bytes_out,
+                    outcome=ex.outcome or ("client-disconnected" if status == 499 else "completed"),
                 )
             )
         if ex.outcome == "upstream-failed-mid-stream" or status in (502, 504):
@@ -418,6 +437,11 @@ class GatewayApp:
                 await hosts.refuse(scope, send_with_id)
             else:
                 await self._route(scope["path"])(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server cancels what is still running when the shutdown grace runs out.
+            if exchange.outcome is None:
+                exchange.outcome = "cut-by-shutdown" if self.gateway.draining else "cancelled"
+            raise
         finally:
             await self.gateway.finish(scope, exchange)
             self._log(scope, exchange)

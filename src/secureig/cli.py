@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -306,10 +308,18 @@ def serve(
 
     application = create_app(settings)
 
+    # What shutdown may take in all: the grace for requests, the last usage write, closing the
+    # rest. Past it, something is stuck beyond every bound set on it; the process exits anyway.
+    overall = settings.shutdown_grace + settings.shutdown_flush_timeout + 15.0
+
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Readiness turns 503 as soon as shutdown begins; in-flight requests finish.
-            application.gateway.draining = True
+            if not application.gateway.draining:
+                application.gateway.draining = True
+                watchdog = threading.Timer(overall, _overran, args=(overall,))
+                watchdog.daemon = True
+                watchdog.start()
             super().handle_exit(sig, frame)
 
     server = _Server(
@@ -333,6 +343,14 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(3)
+
+
+def _overran(seconds: float) -> None:
+    logging.getLogger("secureig").error(
+        "shutdown took longer than %gs (grace, flush timeout and 15s): exiting now", seconds
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 app.command()(serve)
@@ -559,15 +577,20 @@ def usage(
         str, typer.Option("--since", metavar="DURATION", help="How far back: 12h, 7d, 30d.")
     ] = "7d",
     by: Annotated[
-        str, typer.Option("--by", metavar="key|model|day", help="How to group the totals.")
+        str,
+        typer.Option(
+            "--by",
+            metavar="key|model|day|outcome",
+            help="How to group the totals (outcome: how requests ended).",
+        ),
     ] = "key",
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Requests and tokens per key, model or day, from the usage records."""
+    """Requests and tokens per key, model, day or outcome, from the usage records."""
     settings = settings_from(config=config, database_url=database_url)
-    if by not in ("key", "model", "day"):
-        raise typer.BadParameter("use key, model or day", param_hint="--by")
+    if by not in ("key", "model", "day", "outcome"):
+        raise typer.BadParameter("use key, model, day or outcome", param_hint="--by")
     start = datetime.now(UTC) - parse_duration(since)
     group: GroupBy = by  # type: ignore[assignment]
 
@@ -576,19 +599,29 @@ def usage(
 
     rows = with_engine(settings, totals)
     say(f"Usage since {_when(start)} by {by}, from {describe(settings.database_url)}.")
-    table = [(by.upper(), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED")]
+    table = [(
+        by.upper(), "REQUESTS", "ERRORS", "INCOMPLETE", "PROMPT", "COMPLETION", "TOTAL",
+        "ESTIMATED",
+    )]  # fmt: skip
     for row in rows:
         table.append((
-            row.group, str(row.requests), str(row.errors), str(row.prompt_tokens),
-            str(row.completion_tokens), str(row.total_tokens), str(row.estimated),
+            row.group, str(row.requests), str(row.errors), str(row.incomplete),
+            str(row.prompt_tokens), str(row.completion_tokens), str(row.total_tokens),
+            str(row.estimated),
         ))  # fmt: skip
     if len(table) > 1:
         table.append((
             "(all)", str(sum(r.requests for r in rows)), str(sum(r.errors for r in rows)),
-            str(sum(r.prompt_tokens for r in rows)), str(sum(r.completion_tokens for r in rows)),
-            str(sum(r.total_tokens for r in rows)), str(sum(r.estimated for r in rows)),
+            str(sum(r.incomplete for r in rows)), str(sum(r.prompt_tokens for r in rows)),
+            str(sum(r.completion_tokens for r in rows)), str(sum(r.total_tokens for r in rows)),
+            str(sum(r.estimated for r in rows)),
         ))  # fmt: skip
     _print_table(table)
+    if any(r.incomplete for r in rows) and by != "outcome":
+        say(
+            "INCOMPLETE counts answers that did not go out whole (the client left, the upstream"
+            " broke off, shutdown cut them): --by outcome tells them apart."
+        )
     if any(r.estimated for r in rows):
         say(
             "ESTIMATED counts requests cut short before the upstream counted their tokens:"

@@ -183,8 +183,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Usage records held in memory while the store is unavailable.",
     )
+    usage_write_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds one usage insert may take before it is abandoned and retried.",
+    )
+    usage_spool: Path | None = Field(
+        default=Path("secureig-usage.spool"),
+        description="File for usage records that could not be written at shutdown, written at"
+        " the next start; empty to keep none (they are then counted as lost).",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
+    )
+    shutdown_flush_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds the last usage write may take at shutdown, after the grace; what"
+        " is not written by then is spooled.",
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
@@ -194,6 +212,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("usage_spool", mode="before")
+    @classmethod
+    def _no_spool(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("admin_key")
     @classmethod

@@ -145,6 +145,10 @@ class Metrics:
         gauge.set_function(open_now)
         self.registry.register(_Refusals(refused))
 
+    @property
+    def active(self) -> int:
+        return self._per_request.active
+
     def started(self) -> None:
         self._per_request.active += 1
 

@@ -66,7 +66,16 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(full, connect_args={"timeout": 15})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(full, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # A database that stopped answering fails a query after command_timeout instead of holding
+    # it (and whoever waits for it, shutdown included) for as long as it stays stopped.
+    return create_async_engine(
+        full,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=10,
+        connect_args={"timeout": 10, "command_timeout": 30},
+    )
 
 
 def _create_private_file(path: Path) -> None:

@@ -93,8 +93,11 @@ class UsageRow(Base):
     duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
     bytes_in: Mapped[int] = mapped_column(BigInteger, nullable=False)
     bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # How the request ended (store.usage.OUTCOMES); NULL on records from before it was kept.
+    outcome: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_usage_records_at", "at"),
         Index("ix_usage_records_key_at", "key_name", "at"),
+        Index("ux_usage_records_request", "request_id", "at", unique=True),
     )

@@ -123,6 +123,10 @@ class UsageOut(BaseModel):
     completion_tokens: int
     total_tokens: int
     estimated: int = Field(description="Requests whose tokens are an estimate: cut short.")
+    incomplete: int = Field(
+        description="Requests whose answer did not go out whole (client left, upstream broke"
+        " off, shutdown); group by outcome to tell them apart."
+    )
 
 
 def _expiry(text: str | None) -> datetime | None:
@@ -259,12 +263,12 @@ def admin_router(
     @router.get("/usage")
     async def usage_totals(
         _: Admin,
-        by: Literal["key", "model", "day"] = "key",
+        by: Literal["key", "model", "day", "outcome"] = "key",
         since: Annotated[str, Query(max_length=32, description="12h, 7d, 30d")] = "7d",
         key: Annotated[str | None, Query(max_length=64)] = None,
         model: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
     ) -> list[UsageOut]:
-        """Requests and tokens per key, model or day, as `secureig usage` prints them."""
+        """Requests and tokens per key, model, day or outcome, as `secureig usage` prints them."""
         try:
             start = datetime.now(UTC) - parse_duration(since)
         except ValueError as exc:
