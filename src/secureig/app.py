@@ -95,7 +95,12 @@ def build_limiter(settings: Settings) -> Limiter:
         return LocalLimiter()
     from secureig.policy.redis_limits import RedisLimiter
 
-    return RedisLimiter(settings.redis_url, settings.redis_prefix)
+    return RedisLimiter(
+        settings.redis_url,
+        settings.redis_prefix,
+        lease_ttl=settings.redis_lease_ttl,
+        timeout=settings.redis_timeout,
+    )
 
 
 class Gateway:

@@ -165,6 +165,20 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(
         default="secureig:", description="Prefix of every Redis key, so deployments can share one."
     )
+    redis_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Seconds a Redis command may take; limited keys get 503 beyond, and what"
+        " was sent is undone or retried once Redis answers.",
+    )
+    redis_lease_ttl: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="Seconds a concurrency slot outlives its last renewal (renewed every third"
+        " of it while its request runs): how soon a dead replica's slots come back.",
+    )
     auth_failures_per_minute: int = Field(
         default=30,
         ge=0,

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +23,15 @@ from secureig.policy.limits import (
     new_lease,
     rate_headers,
 )
-from secureig.policy.resp import RedisClient, RedisError, RedisReplyError
+from secureig.policy.resp import RedisClient, RedisError, RedisReplyError, RedisUnavailable
 
 log = logging.getLogger("secureig.limits")
 
 MINUTE_KEY_TTL = 120  # seconds: outlives its minute, so a late release still finds it
 DAY_KEY_TTL = 2 * 86400
+MARKER_TTL = 2 * 86400  # outlives the longest request, and an admission's late script
+RETRY_FOR = 3600.0  # seconds a release or an undo is retried before it is given up
+MAX_RETRIES = 100_000  # releases and undos waiting for Redis, at most
 
 # The window keys are named from the server's clock inside the scripts, so KEYS carries their
 # stems and the scripts append the window number. That is fine on a single Redis (or a replicated
@@ -34,7 +40,23 @@ DAY_KEY_TTL = 2 * 86400
 # Limits arrive as ARGV: 0 is "no limit", -1 a budget of zero (refuses everything, as `check()`
 # does for a limit of 0), anything else the budget.
 
+# Every admission of a limited key has an id, and a marker key (`adm:<id>`) from the moment the
+# script admits it until its release: it names the minute's request counter the admission counted
+# in. A marker set to '' is a tombstone: the admission was given up (its caller saw a timeout)
+# and must not count, should its script still run. This makes each step safe to time out and
+# to send again: a release runs once, an abandoned admission is undone once.
+#
+# The epoch key holds a random value set by the first process to find it missing: a Redis that
+# restarted without persistence has none, and every process re-registers its live requests'
+# leases (and markers) before it admits another.
+
 _ACQUIRE = """
+if redis.call('GET', KEYS[6]) ~= ARGV[8] then
+  return {-1}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return {-2}
+end
 local t = redis.call('TIME')
 local sec, usec = tonumber(t[1]), tonumber(t[2])
 local now_ms = sec * 1000 + math.floor(usec / 1000)
@@ -70,14 +92,20 @@ if not refused then
     -- every lease expires within ttl of the last write, so the set outlives its live leases
     redis.call('PEXPIRE', conc_key, 2 * ttl_ms)
   end
+  redis.call('SET', KEYS[5], rpm_key, 'EX', ARGV[9])
 end
 return {refused and 0 or 1, sec, usec, requests, tokens, day_tokens, in_flight}
 """
 
+# KEYS: tpm stem, tpd stem, concurrency set, marker. A release whose marker is gone (released
+# already, or given up) does nothing.
 _RELEASE = """
-if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[1])
+local marker = redis.call('GET', KEYS[4])
+if not marker or marker == '' then
+  return 0
 end
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
 local tokens = tonumber(ARGV[2])
 if tokens ~= 0 then
   local sec = tonumber(redis.call('TIME')[1])
@@ -91,26 +119,48 @@ end
 return 1
 """
 
-# KEYS: the concurrency sets this process holds leases in. ARGV: ttl in ms, then per key the
-# number of its leases followed by their ids. Returns the leases that were already gone.
-_HEARTBEAT = """
+# KEYS: concurrency set, marker. An admission whose caller gave up: undone if its script ran,
+# refused in advance (the tombstone) if it has yet to.
+_UNDO = """
+local marker = redis.call('GET', KEYS[2])
+if marker and marker ~= '' then
+  -- a minute gone by has taken its counter with it: nothing to give back, nothing to leave
+  if marker ~= '+' and redis.call('EXISTS', marker) == 1 then
+    redis.call('DECR', marker)
+  end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('SET', KEYS[2], '', 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: the epoch, then the concurrency sets this process holds leases in. ARGV: an epoch to set
+# if there is none, ttl in ms, the marker prefix and ttl, then per set the number of its leases
+# followed by their ids. Renews (or puts back) every lease and its marker; returns the epoch.
+_REGISTER = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1])
+  epoch = ARGV[1]
+end
 local t = redis.call('TIME')
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local i, lost = 2, {}
-for k = 1, #KEYS do
+local ttl = tonumber(ARGV[2])
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
+local i, back = 5, 0
+for k = 2, #KEYS do
   local n = tonumber(ARGV[i])
   i = i + 1
   for _ = 1, n do
-    if redis.call('ZSCORE', KEYS[k], ARGV[i]) then
-      redis.call('ZADD', KEYS[k], 'XX', expiry, ARGV[i])
-    else
-      lost[#lost + 1] = ARGV[i]
+    if redis.call('ZADD', KEYS[k], expiry, ARGV[i]) == 1 then
+      back = back + 1
     end
+    -- a marker lost with the data: '+' releases like any other, and undoes no request count
+    redis.call('SET', ARGV[3] .. ARGV[i], '+', 'NX', 'EX', ARGV[4])
     i = i + 1
   end
-  redis.call('PEXPIRE', KEYS[k], 2 * tonumber(ARGV[1]))
+  redis.call('PEXPIRE', KEYS[k], 2 * ttl)
 end
-return lost
+return {epoch, back}
 """
 
 
@@ -126,7 +176,9 @@ class _Script:
 
 ACQUIRE = _Script.of(_ACQUIRE)
 RELEASE = _Script.of(_RELEASE)
-HEARTBEAT = _Script.of(_HEARTBEAT)
+UNDO = _Script.of(_UNDO)
+REGISTER = _Script.of(_REGISTER)
+SCRIPTS = (ACQUIRE, RELEASE, UNDO, REGISTER)
 
 
 def _wire(limit: int | None) -> int:
@@ -136,12 +188,25 @@ def _wire(limit: int | None) -> int:
     return limit if limit > 0 else -1
 
 
+@dataclass(slots=True)
+class _Retry:
+    """A release or an undo that has yet to reach Redis."""
+
+    script: _Script
+    keys: list[str]
+    args: list[str | int]
+    what: str  # for the log: "release" or "undo"
+    since: float
+
+
 class RedisLimiter:
     """Limits shared by every replica using the same Redis and prefix, on the server's clock.
 
     Concurrency slots are leases in a sorted set per subject, scored by their expiry; each
     process renews its own every `lease_ttl / 3` seconds, so a replica that dies without
-    releasing gives its slots back within `lease_ttl`.
+    releasing gives its slots back within `lease_ttl`. A release or an undo that cannot reach
+    Redis is retried every second until it lands (they are idempotent); a request the caller
+    saw refused for want of Redis is undone, so it spends nothing.
     """
 
     def __init__(
@@ -149,7 +214,7 @@ class RedisLimiter:
         url: str,
         prefix: str = "secureig:",
         *,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = 10.0,
         timeout: float = 2.0,
     ) -> None:
         if lease_ttl <= 0 or timeout <= 0:
@@ -163,6 +228,10 @@ class RedisLimiter:
         self._heartbeat: asyncio.Task[None] | None = None
         # concurrency key -> this process's live lease ids in it, renewed by the heartbeat
         self._leases: dict[str, set[str]] = {}
+        self._epoch = ""  # the Redis data this process registered its leases with
+        self._registering: asyncio.Future[None] | None = None
+        self._retries: deque[_Retry] = deque()
+        self.given_up = 0  # releases and undos dropped: too many waiting, or too old
 
     def _key(self, kind: str, subject: str) -> str:
         return f"{self._prefix}{kind}:{subject}"
@@ -180,12 +249,8 @@ class RedisLimiter:
         # admit twice.
         self._redis = RedisClient(self._url, timeout=self._timeout)
         try:
-            await asyncio.gather(
-                *(
-                    self._redis.call("SCRIPT", "LOAD", s.source)
-                    for s in (ACQUIRE, RELEASE, HEARTBEAT)
-                )
-            )
+            await asyncio.gather(*(self._redis.call("SCRIPT", "LOAD", s.source) for s in SCRIPTS))
+            await self._register()
         except RedisError as exc:
             # Not fatal: keys without limits keep working, keys with limits get
             # LimiterUnavailable until Redis answers, and the scripts load on first use.
@@ -200,6 +265,14 @@ class RedisLimiter:
             self._heartbeat = None
         if self._redis is None:
             return
+        await self._retry_due()
+        if self._retries:
+            log.warning(
+                "rate limiter: %d releases or undos never reached Redis; their slots expire"
+                " within %gs",
+                len(self._retries),
+                self._lease_ttl,
+            )
         leases, self._leases = self._leases, {}
         if leases:
             # give the slots back now rather than after lease_ttl
@@ -228,93 +301,167 @@ class RedisLimiter:
             # the server lost its script cache (restart, SCRIPT FLUSH): EVAL also re-caches it
             return await client.call("EVAL", script.source, len(keys), *keys, *args)
 
+    async def _register(self) -> None:
+        """Put this process's live leases (back) under the current epoch; one at a time."""
+        if self._registering is not None:
+            await asyncio.shield(self._registering)
+            return
+        self._registering = asyncio.get_running_loop().create_future()
+        try:
+            keys = [self._prefix + "epoch", *self._leases]
+            args: list[str | int] = [
+                uuid.uuid4().hex, self._lease_ttl_ms, self._prefix + "adm:", MARKER_TTL,
+            ]  # fmt: skip
+            for key in keys[1:]:
+                ids = self._leases[key]
+                args.append(len(ids))
+                args.extend(ids)
+            epoch, back = await self._run(REGISTER, keys, args)
+            epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+            if self._epoch and epoch != self._epoch:
+                log.warning(
+                    "rate limiter: Redis lost its data (a restart?): %d live requests"
+                    " re-registered before any new one was admitted",
+                    int(back),
+                )
+            elif int(back):
+                log.warning(
+                    "rate limiter: %d concurrency leases had expired while Redis was out of"
+                    " reach: put back",
+                    int(back),
+                )
+            self._epoch = epoch
+            self._registering.set_result(None)
+        except BaseException as exc:
+            self._registering.set_exception(exc)
+            self._registering.exception()  # retrieved: whoever waits gets it too
+            raise
+        finally:
+            self._registering = None
+
     async def acquire(self, subject: str, limits: Limits) -> Ticket:
         if not limits.any:
             return Ticket(subject, limits)
-        lease = new_lease() if limits.concurrency is not None else None
+        lease = new_lease()
         conc_key = self._key("conc", subject)
+        marker = self._prefix + "adm:" + lease
         keys = [
             self._key("rpm", subject),
             self._key("tpm", subject),
             self._key("tpd", subject),
             conc_key,
+            marker,
+            self._prefix + "epoch",
         ]
-        args: list[str | int] = [
-            _wire(limits.rpm),
-            _wire(limits.tpm),
-            _wire(limits.daily_tokens),
-            _wire(limits.concurrency),
-            lease or "",
-            self._lease_ttl_ms,
-            MINUTE_KEY_TTL,
-        ]
+        capped = limits.concurrency is not None
         try:
-            reply = await self._run(ACQUIRE, keys, args)
+            for _ in range(2):
+                args: list[str | int] = [
+                    _wire(limits.rpm), _wire(limits.tpm), _wire(limits.daily_tokens),
+                    _wire(limits.concurrency), lease, self._lease_ttl_ms, MINUTE_KEY_TTL,
+                    self._epoch, MARKER_TTL,
+                ]  # fmt: skip
+                reply = await self._run(ACQUIRE, keys, args)
+                if int(reply[0]) == -2:  # given up before it ran: cannot happen to a new id
+                    raise LimiterUnavailable("rate limiter unavailable: admission given up")
+                if int(reply[0]) != -1:
+                    break
+                # Redis has no epoch, or another one: the live leases go back first.
+                await self._register()
+            else:
+                raise LimiterUnavailable("rate limiter unavailable: Redis keeps losing its data")
         except RedisError as exc:
+            if not isinstance(exc, RedisUnavailable) or exc.sent:
+                # The script may yet run (or have run) with nobody to answer: undo it.
+                self._retry(UNDO, [conc_key, marker], [lease, MARKER_TTL], "undo")
             raise LimiterUnavailable(f"rate limiter unavailable: {exc}") from exc
         admitted, sec, usec, requests, tokens, day_tokens, in_flight = (int(v) for v in reply)
         now = sec + usec / 1_000_000
-        if not admitted:
+        if admitted != 1:
             refusal = check(limits, Usage(requests, tokens, day_tokens), in_flight, now)
             if refusal is None:  # the script and check() disagree: a bug, refuse safely
                 raise LimiterUnavailable("rate limiter unavailable: inconsistent answer")
             raise refusal
-        if lease is not None:
+        if capped:
             self._leases.setdefault(conc_key, set()).add(lease)
         headers = rate_headers(limits, Usage(requests + 1, tokens, day_tokens), now)
         return Ticket(subject, limits, lease=lease, headers=headers)
 
     async def release(self, ticket: Ticket, tokens: int) -> None:
-        if not ticket.limits.any or (ticket.lease is None and not tokens):
+        if not ticket.limits.any or ticket.lease is None:
             return
         conc_key = self._key("conc", ticket.subject)
-        if ticket.lease is not None:
-            # forget it first, so the heartbeat stops renewing it even if the ZREM fails
-            held = self._leases.get(conc_key)
-            if held is not None:
-                held.discard(ticket.lease)
-                if not held:
-                    del self._leases[conc_key]
-        keys = [self._key("tpm", ticket.subject), self._key("tpd", ticket.subject), conc_key]
-        args: list[str | int] = [ticket.lease or "", tokens, MINUTE_KEY_TTL, DAY_KEY_TTL]
+        # forget it first, so the heartbeat stops renewing it even if the release fails
+        held = self._leases.get(conc_key)
+        if held is not None:
+            held.discard(ticket.lease)
+            if not held:
+                del self._leases[conc_key]
+        keys = [
+            self._key("tpm", ticket.subject),
+            self._key("tpd", ticket.subject),
+            conc_key,
+            self._prefix + "adm:" + ticket.lease,
+        ]
+        args: list[str | int] = [ticket.lease, tokens, MINUTE_KEY_TTL, DAY_KEY_TTL]
         try:
             await self._run(RELEASE, keys, args)
         except Exception as exc:
-            # The request is over either way: its slot expires within lease_ttl, and its tokens
-            # go uncharged, which is the lesser harm than failing a finished response.
+            # The request is over either way; its release lands when Redis answers again.
             log.warning(
-                "rate limiter: release for %r failed, %d tokens uncharged (%s)",
+                "rate limiter: release for %r failed (%s); retrying until it lands",
                 ticket.subject,
-                tokens,
                 exc,
             )
+            self._retry(RELEASE, keys, args, "release")
+
+    def _retry(self, script: _Script, keys: list[str], args: list[str | int], what: str) -> None:
+        if len(self._retries) >= MAX_RETRIES:
+            self._retries.popleft()
+            self._give_up(1, "too many waiting")
+        self._retries.append(_Retry(script, keys, args, what, time.monotonic()))
+
+    def _give_up(self, n: int, why: str) -> None:
+        self.given_up += n
+        if self.given_up == n or self.given_up % 1000 == 0:
+            log.error(
+                "rate limiter: %d releases or undos given up so far (%s): their tokens go"
+                " uncharged",
+                self.given_up,
+                why,
+            )
+
+    async def _retry_due(self) -> None:
+        """Send what waits, oldest first, until Redis fails again."""
+        landed = 0
+        while self._retries:
+            item = self._retries[0]
+            if time.monotonic() - item.since > RETRY_FOR:
+                self._retries.popleft()
+                self._give_up(1, f"Redis out of reach for {RETRY_FOR:g}s")
+                continue
+            try:
+                await self._run(item.script, item.keys, item.args)
+            except Exception:
+                break
+            self._retries.popleft()
+            landed += 1
+        if landed:
+            log.info("rate limiter: %d releases or undos retried and landed", landed)
 
     async def _beat(self) -> None:
         interval = self._lease_ttl / 3
+        retry_every = min(1.0, interval)
+        next_renewal = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if not self._leases:
+            await asyncio.sleep(retry_every if self._retries else interval)
+            if self._retries:
+                await self._retry_due()
+            if time.monotonic() < next_renewal:
                 continue
-            keys = list(self._leases)
-            args: list[str | int] = [self._lease_ttl_ms]
-            for key in keys:
-                ids = self._leases[key]
-                args.append(len(ids))
-                args.extend(ids)
+            next_renewal = time.monotonic() + interval
             try:
-                lost = await self._run(HEARTBEAT, keys, args)
+                await self._register()
             except Exception as exc:
-                # keep beating: a lease survives two missed beats
+                # keep beating: a lease survives two missed beats, and is put back after more
                 log.warning("rate limiter: lease heartbeat failed (%s)", exc)
-                continue
-            if lost:
-                # Redis was out of reach for longer than lease_ttl (or lost its data): those
-                # requests run on uncounted; stop renewing them so this is said once
-                log.warning("rate limiter: %d concurrency leases had already expired", len(lost))
-                gone = {item.decode() if isinstance(item, bytes) else str(item) for item in lost}
-                for key in keys:
-                    held = self._leases.get(key)
-                    if held is not None:
-                        held -= gone
-                        if not held:
-                            del self._leases[key]

@@ -20,7 +20,12 @@ class RedisError(Exception):
 
 
 class RedisUnavailable(RedisError):
-    """No answer: Redis could not be reached, the connection broke, or a reply came too late."""
+    """No answer: Redis could not be reached, the connection broke, or a reply came too late.
+    `sent` says whether the command may have reached Redis (and so may yet run)."""
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class RedisReplyError(RedisError):
@@ -29,6 +34,16 @@ class RedisReplyError(RedisError):
 
 class _NotSent(RedisUnavailable):
     """The connection had closed before the command was written: safe to send again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=False)
+
+
+class _Unconnected(RedisUnavailable):
+    """No connection could be had for a command: it never left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=False)
 
 
 class _Incomplete(Exception):
@@ -147,14 +162,17 @@ class RedisClient:
     async def call(self, *args: str | int | bytes) -> Any:
         """Send one command and return its reply; a Redis error reply raises RedisReplyError."""
         command = _encode(args)
-        conn = await self._connection()
         try:
-            reply = await self._send(conn, command)
-        except _NotSent:
-            # Redis closed the idle connection (a restart, say) before this command left: the
-            # one case where sending again cannot run a command twice.
             conn = await self._connection()
-            reply = await self._send(conn, command)
+            try:
+                reply = await self._send(conn, command)
+            except _NotSent:
+                # Redis closed the idle connection (a restart, say) before this command left:
+                # the one case where sending again cannot run a command twice.
+                conn = await self._connection()
+                reply = await self._send(conn, command)
+        except _Unconnected as exc:
+            raise RedisUnavailable(str(exc), sent=False) from None
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply
@@ -178,6 +196,13 @@ class RedisClient:
             handle.cancel()
 
     async def _connection(self) -> _Connection:
+        try:
+            return await self._connected()
+        except RedisUnavailable as exc:
+            # Whatever failed, this caller's command never left.
+            raise _Unconnected(str(exc)) from None
+
+    async def _connected(self) -> _Connection:
         conn = self._conn
         if conn is not None and not conn.lost:
             return conn
@@ -187,7 +212,9 @@ class RedisClient:
             try:
                 conn = await self._connect()
             except BaseException as exc:
-                error = exc if isinstance(exc, RedisError) else RedisUnavailable(str(exc))
+                error = (
+                    exc if isinstance(exc, RedisError) else RedisUnavailable(str(exc), sent=False)
+                )
                 future.set_exception(error)
                 future.exception()  # retrieved here; the callers waiting get it too
                 raise
@@ -208,11 +235,11 @@ class RedisClient:
                 await loop.create_connection(lambda: conn, self._host, self._port, ssl=context)
         except TimeoutError:
             raise RedisUnavailable(
-                f"could not connect to Redis within {self._timeout:g}s"
+                f"could not connect to Redis within {self._timeout:g}s", sent=False
             ) from None
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else "cannot connect"
-            raise RedisUnavailable(f"cannot reach Redis ({reason})") from None
+            raise RedisUnavailable(f"cannot reach Redis ({reason})", sent=False) from None
         try:
             if self._password is not None:
                 auth = (self._user, self._password) if self._user else (self._password,)
