@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -184,3 +185,47 @@ def test_refuses_to_start_on_a_network_address_without_keys(
     assert f"refusing to listen on {host}:{gateway.port}" in log
     assert "secureig keys create ops --scope admin" in log
     assert "--allow-bootstrap-key" in log
+
+
+def test_keys_import_creates_many_at_once_all_or_none(deployment: Deployment) -> None:
+    gateway = deployment.gateway()
+    cli = deployment.cli
+    tmp = deployment.tmp
+    rows = ["name,scopes,models,rpm,expires_in"]
+    rows += [f"app-{i},inference,llama2 mistral:7b,{60 + i},30d" for i in range(300)]
+    (tmp / "keys.csv").write_text("\n".join(rows) + "\n")
+    done = cli("keys", "import", "keys.csv")
+    assert "Created 300 keys" in done.stderr
+    secrets = dict(line.split(",") for line in done.stdout.splitlines()[1:])
+    assert done.stdout.startswith("name,key\n") and len(secrets) == 300
+    # One generation for the whole batch: a running server applies them in one step.
+    assert wait_until(lambda: gateway.post(HI, key=secrets["app-299"]).status_code == 200, 2.5)
+    assert wait_until(lambda: "keys changed: 300 applied, 300 live" in gateway.log())
+    listing = cli("keys", "list").stdout
+    assert any(
+        line.startswith("app-7 ") and line.endswith("rpm 67") for line in listing.splitlines()
+    )
+
+    # A change to one key is applied as one, not as the 300 it sits among.
+    cli("keys", "revoke", "app-5")
+    assert wait_until(lambda: "keys changed: 1 applied, 299 live" in gateway.log())
+    assert gateway.post(HI, key=secrets["app-5"]).status_code == 403
+    assert gateway.post(HI, key=secrets["app-6"]).status_code == 200
+
+    # JSON in, JSON out; a name already taken means nothing is created.
+    (tmp / "more.json").write_text(
+        '[{"name": "svc-a", "scopes": ["inference", "manage"], "tpm": 1000}, {"name": "app-3"}]'
+    )
+    refused = cli("keys", "import", "more.json", check=False)
+    assert refused.returncode != 0 and "app-3" in refused.stderr
+    assert "none was created" in refused.stderr
+    assert "svc-a" not in cli("keys", "list").stdout
+    (tmp / "more.json").write_text('[{"name": "svc-a", "scopes": "inference manage"}]')
+    created = cli("keys", "import", "more.json")
+    assert [k["name"] for k in json.loads(created.stdout)] == ["svc-a"]
+
+    # A bad row is named before anything is written.
+    (tmp / "bad.csv").write_text("name,rpm\nok-1,5\nok-2,many\n")
+    bad = cli("keys", "import", "bad.csv", check=False)
+    assert bad.returncode != 0 and "row 3 ('ok-2'): rpm must be a whole number" in bad.stderr
+    assert "ok-1" not in cli("keys", "list").stdout

@@ -7,6 +7,9 @@ what the command did and why goes to standard error.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import logging
 import os
 import sys
@@ -23,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from secureig import __version__, durations
 from secureig.config import ConfigFileError, Settings, load_settings
 from secureig.credentials import Scope, parse_scopes
-from secureig.names import InvalidModelName
+from secureig.names import InvalidModelName, normalize_pattern
 from secureig.store import (
     UNCHANGED,
     DatabaseURLError,
@@ -32,11 +35,13 @@ from secureig.store import (
     KeyRecord,
     KeyStore,
     KeyStoreError,
+    NewKey,
     create_engine,
     describe,
     migrate,
 )
 from secureig.store.usage import GroupBy, UsageStore, UsageTotal
+from secureig.untrusted import shown
 from secureig.upstream import OllamaClient, TagEntry, Timeouts, UpstreamError
 from secureig.urls import safe_url
 
@@ -442,6 +447,119 @@ def keys_create(
     )
     say("The key is shown only now; store it safely.")
     typer.echo(secret)
+
+
+# What a row of `keys import` may say; its limits are the `keys create` flags of the same names.
+_IMPORT_FIELDS = (
+    "name", "scopes", "models", "expires_in", "max_num_ctx", "max_num_predict", "rpm", "tpm",
+    "concurrency", "daily_tokens",
+)  # fmt: skip
+_IMPORT_MAX = 100_000
+
+
+def _import_rows(path: Path) -> tuple[str, list[dict[str, object]]]:
+    """The file's rows as dicts, and its format ("csv" or "json")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{path} is not JSON: {exc}", param_hint="FILE") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise typer.BadParameter("a JSON file holds a list of objects", param_hint="FILE")
+        return "json", rows
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "name" not in reader.fieldnames:
+        raise typer.BadParameter("a CSV file starts with a header naming a 'name' column")
+    return "csv", [dict(row) for row in reader]
+
+
+def _words(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return str(value).replace(",", " ").split()
+
+
+def _new_key(number: int, row: dict[str, object]) -> NewKey:
+    where = f"row {number}"
+    if None in row:  # csv.DictReader's key for values beyond the header's columns
+        raise typer.BadParameter(f"{where}: more values than the header has columns")
+    unknown = sorted(str(k) for k in set(row) - set(_IMPORT_FIELDS))
+    if unknown:
+        raise typer.BadParameter(f"{where}: unknown column {unknown[0]!r}")
+    name = str(row.get("name") or "").strip()
+    if not name:
+        raise typer.BadParameter(f"{where}: no name")
+    try:
+        scopes = parse_scopes(_words(row.get("scopes")) or [Scope.INFERENCE.value])
+        expires = str(row.get("expires_in") or "").strip()
+        flags: dict[str, int | None] = {}
+        for field_name in _IMPORT_FIELDS[4:]:
+            value = row.get(field_name)
+            if value is None or value == "":
+                continue
+            if isinstance(value, bool) or not str(value).strip().isdigit():
+                raise ValueError(f"{field_name} must be a whole number")
+            flags[field_name] = int(str(value).strip())
+        limits = KeyLimits().changed(**flags)
+        return NewKey(
+            name=name,
+            scopes=scopes,
+            models=tuple(normalize_pattern(m) for m in _words(row.get("models"))),
+            expires_at=_expiry(expires) if expires else None,
+            limits=limits,
+        )
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(f"{where} ({shown(name, 64)}): {exc.message}") from None
+    except (ValueError, KeyStoreError, InvalidModelName) as exc:
+        raise typer.BadParameter(f"{where} ({shown(name, 64)}): {exc}") from None
+
+
+@keys_app.command("import")
+def keys_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="A CSV file with a header row, or a JSON list of objects: name, and any of"
+            " scopes, models (space-separated in CSV), expires_in, max_num_ctx,"
+            " max_num_predict, rpm, tpm, concurrency, daily_tokens.",
+        ),
+    ],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create many keys at once, all or none; their secrets go to standard output (name,key as
+    CSV, or a JSON list for a JSON file), shown only then."""
+    settings = settings_from(config=config, database_url=database_url)
+    kind, rows = _import_rows(file)
+    if not rows:
+        raise typer.BadParameter(f"{file} holds no keys", param_hint="FILE")
+    if len(rows) > _IMPORT_MAX:
+        raise typer.BadParameter(f"at most {_IMPORT_MAX} keys an import", param_hint="FILE")
+    keys = [_new_key(i, row) for i, row in enumerate(rows, start=2 if kind == "csv" else 1)]
+
+    async def create(store: KeyStore) -> list[tuple[KeyRecord, str]]:
+        return await store.create_many(keys)
+
+    created = with_store(settings, create)
+    say(
+        f"Created {len(created)} keys in {describe(settings.database_url)}; running servers"
+        " pick them up within a second. The secrets are shown only now; store them safely."
+    )
+    if kind == "json":
+        typer.echo(json.dumps([{"name": r.name, "key": secret} for r, secret in created]))
+    else:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["name", "key"])
+        writer.writerows([r.name, secret] for r, secret in created)
+        typer.echo(out.getvalue(), nl=False)
 
 
 @keys_app.command("update")

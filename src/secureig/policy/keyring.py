@@ -1,7 +1,9 @@
-"""Key verification in memory: digests of the store's live keys, reloaded when the store changes.
+"""Key verification in memory: digests of the store's live keys, kept up to date with the store.
 
 The request path does one SHA-256 and one dict lookup. A poll of the store's keyring generation,
-every `key_refresh_interval` seconds, brings revocations and new keys in within that interval.
+every `key_refresh_interval` seconds, brings revocations and new keys in within that interval:
+only the keys changed since the generation held are read and applied, so a change costs the
+keys it changed, not all of them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -66,6 +69,16 @@ def _principal(record: KeyRecord) -> Principal:
     )
 
 
+def _warn_unusable(record: KeyRecord) -> None:
+    for pattern in unusable_patterns(record.models):
+        log.warning(
+            "key %r: model pattern %r allows nothing (a pattern for another registry names its"
+            " host, namespace and model, such as hf.co/*/*)",
+            record.name,
+            pattern,
+        )
+
+
 class Keyring:
     def __init__(
         self, store: KeyStore, bootstrap: BootstrapPolicy, refresh_interval: float
@@ -75,6 +88,7 @@ class Keyring:
         self._bootstrap_digest = key_digest(bootstrap.secret)
         self._interval = refresh_interval
         self._by_digest: dict[str, Principal] = {}
+        self._digest_of: dict[int, str] = {}  # key id -> its digest in _by_digest
         self._admin_created: bool = False  # the store has held an admin key: bootstrap is over
         self._generation: int | None = None
         self._last_used: dict[int, float] = {}
@@ -87,25 +101,52 @@ class Keyring:
         state = await self._store.state()
         records = await self._store.list()
         for record in records:
-            for pattern in unusable_patterns(record.models):
-                log.warning(
-                    "key %r: model pattern %r allows nothing (a pattern for another registry"
-                    " names its host, namespace and model, such as hf.co/*/*)",
-                    record.name,
-                    pattern,
-                )
+            _warn_unusable(record)
         self._by_digest = {r.digest: _principal(r) for r in records}
+        self._digest_of = {r.id: r.digest for r in records}
+        self._settle(state.admin_created_at is not None, records)
+        self._generation = state.generation
+
+    async def refresh(self) -> int:
+        """Apply what changed in the store since the generation held; the keys applied."""
+        state = await self._store.state()
+        held = self._generation
+        if held is None or state.generation < held:
+            # A store that went back (restored from a backup, say): read it all again.
+            await self.load()
+            return self.key_count
+        if state.generation == held:
+            self._settle(state.admin_created_at is not None, ())
+            return 0
+        generation, records = await self._store.changed_since(held)
+        by_digest, digest_of = self._by_digest, self._digest_of
+        for i, record in enumerate(records):
+            old = digest_of.pop(record.id, None)
+            if old is not None:
+                by_digest.pop(old, None)
+            if record.revoked_at is None:
+                _warn_unusable(record)
+                by_digest[record.digest] = _principal(record)
+                digest_of[record.id] = record.digest
+            if i % 1000 == 999:
+                await asyncio.sleep(0)  # a batch import of many keys must not stall requests
+        self._settle(state.admin_created_at is not None, records)
+        self._generation = max(generation, state.generation)
+        return len(records)
+
+    def _settle(self, admin_recorded: bool, records: Iterable[KeyRecord]) -> None:
         was_active = self.bootstrap_active
-        self._admin_created = state.admin_created_at is not None or any(
-            Scope.ADMIN in r.scopes for r in records
+        self._admin_created = (
+            self._admin_created
+            or admin_recorded
+            or any(Scope.ADMIN in r.scopes for r in records if r.revoked_at is None)
         )
         if was_active and self._generation is not None and not self.bootstrap_active:
             log.warning(
                 "bootstrap key retired for good: the store holds an admin key; a lost admin key"
                 " is replaced with: secureig keys create NAME --scope admin"
             )
-        self.key_count = len(records)
-        self._generation = state.generation
+        self.key_count = len(self._by_digest)
 
     @property
     def bootstrap_active(self) -> bool:
@@ -144,8 +185,8 @@ class Keyring:
             await asyncio.sleep(self._interval)
             try:
                 if await self._store.generation() != self._generation:
-                    await self.load()
-                    log.info("keys reloaded: %d live", self.key_count)
+                    changed = await self.refresh()
+                    log.info("keys changed: %d applied, %d live", changed, self.key_count)
                 if time.monotonic() - last_flush >= _LAST_USED_FLUSH_SECONDS:
                     last_flush = time.monotonic()
                     await self._flush_last_used()

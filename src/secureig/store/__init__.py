@@ -9,6 +9,7 @@ from secureig.store.keystore import (
     KeyRecord,
     KeyStore,
     KeyStoreError,
+    NewKey,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "KeyRecord",
     "KeyStore",
     "KeyStoreError",
+    "NewKey",
     "create_engine",
     "describe",
     "migrate",

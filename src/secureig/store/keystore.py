@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,6 +154,17 @@ class Unchanged:
 UNCHANGED = Unchanged()
 
 
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """One key of a batch for `KeyStore.create_many`."""
+
+    name: str
+    scopes: frozenset[Scope]
+    models: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    limits: KeyLimits = field(default_factory=KeyLimits)
+
+
 def _scope_text(scopes: Iterable[Scope]) -> str:
     return " ".join(sorted(s.value for s in frozenset(scopes) or {Scope.INFERENCE}))
 
@@ -178,14 +189,27 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def _bump(self, session: AsyncSession, admin: bool = False) -> None:
+    async def _bump(self, session: AsyncSession, admin: bool = False) -> int:
+        """Advance the keyring generation in this transaction and give the new one. The row's
+        lock orders concurrent changes: a reader that sees generation G has every change up
+        to G committed."""
         values: dict[str, Any] = {"generation": KeyringState.generation + 1}
         if admin:
             # Remembered for good, in the key's own transaction: the bootstrap key is over.
             values["admin_created_at"] = func.coalesce(
                 KeyringState.admin_created_at, datetime.now(UTC)
             )
-        await session.execute(update(KeyringState).where(KeyringState.id == 1).values(values))
+        generation = await session.scalar(
+            update(KeyringState)
+            .where(KeyringState.id == 1)
+            .values(values)
+            .returning(KeyringState.generation)
+        )
+        return int(generation or 0)
+
+    async def _changed(self, session: AsyncSession, row: ApiKey, admin: bool = False) -> None:
+        await session.flush()
+        row.changed_generation = await self._bump(session, admin)
 
     async def create(
         self,
@@ -213,10 +237,63 @@ class KeyStore:
         try:
             async with self._sessions.begin() as session:
                 session.add(row)
-                await self._bump(session, admin=Scope.ADMIN in parse_scopes(row.scopes.split()))
+                await self._changed(session, row, Scope.ADMIN in parse_scopes(row.scopes.split()))
         except IntegrityError:
             raise KeyExists(f"a live key named {name!r} already exists") from None
         return _record(row), secret
+
+    async def create_many(self, keys: Sequence[NewKey]) -> list[tuple[KeyRecord, str]]:
+        """Store many keys in one transaction and one generation: all of them, or (a name
+        taken) none. Gives each with its secret, in order."""
+        seen: set[str] = set()
+        for key in keys:
+            if validate_name(key.name) in seen:
+                raise KeyExists(f"the name {key.name!r} is given twice; none was created")
+            seen.add(key.name)
+        rows, secrets = [], []
+        now = datetime.now(UTC)
+        for key in keys:
+            secret = generate_key()
+            secrets.append(secret)
+            rows.append(
+                ApiKey(
+                    name=key.name,
+                    prefix=visible_prefix(secret),
+                    digest=key_digest(secret),
+                    scopes=_scope_text(key.scopes),
+                    models=json.dumps(_patterns(key.models)),
+                    created_at=now,
+                    expires_at=key.expires_at,
+                    **{name: value for name, value in key.limits.pairs()},
+                )
+            )
+        admin = any(Scope.ADMIN in k.scopes for k in keys)
+        try:
+            async with self._sessions.begin() as session:
+                session.add_all(rows)
+                await session.flush()
+                generation = await self._bump(session, admin)
+                for row in rows:
+                    row.changed_generation = generation
+        except IntegrityError:
+            taken = await self._taken([k.name for k in keys])
+            raise KeyExists(
+                f"live keys already hold {len(taken)} of these names, such as {taken[0]!r};"
+                " none was created"
+                if taken
+                else "the keys could not be stored; none was created"
+            ) from None
+        return [(_record(row), secret) for row, secret in zip(rows, secrets, strict=True)]
+
+    async def _taken(self, names: list[str]) -> list[str]:
+        taken: list[str] = []
+        async with self._sessions() as session:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                taken += await session.scalars(
+                    select(ApiKey.name).where(ApiKey.name.in_(chunk), ApiKey.revoked_at.is_(None))
+                )
+        return sorted(taken)
 
     async def _live(self, session: AsyncSession, name: str) -> ApiKey:
         row = await session.scalar(
@@ -249,14 +326,14 @@ class KeyStore:
             if limits is not None:
                 for name, value in limits.pairs():
                     setattr(row, name, value)
-            await self._bump(session, admin=Scope.ADMIN in parse_scopes(row.scopes.split()))
+            await self._changed(session, row, Scope.ADMIN in parse_scopes(row.scopes.split()))
         return _record(row)
 
     async def revoke(self, name: str) -> KeyRecord:
         async with self._sessions.begin() as session:
             row = await self._live(session, name)
             row.revoked_at = datetime.now(UTC)
-            await self._bump(session)
+            await self._changed(session, row)
         return _record(row)
 
     async def rotate(self, name: str) -> tuple[KeyRecord, str]:
@@ -267,7 +344,7 @@ class KeyStore:
             row.digest = key_digest(secret)
             row.prefix = visible_prefix(secret)
             row.rotated_at = datetime.now(UTC)
-            await self._bump(session)
+            await self._changed(session, row)
         return _record(row), secret
 
     async def list(self, include_revoked: bool = False) -> list[KeyRecord]:
@@ -276,6 +353,18 @@ class KeyStore:
             query = query.where(ApiKey.revoked_at.is_(None))
         async with self._sessions() as session:
             return [_record(row) for row in await session.scalars(query)]
+
+    async def changed_since(self, generation: int) -> tuple[int, Sequence[KeyRecord]]:
+        """The keyring generation now, and every key (live or revoked) changed after
+        `generation`: what a server holding `generation` must reload."""
+        async with self._sessions() as session:
+            now = await session.scalar(select(KeyringState.generation).where(KeyringState.id == 1))
+            rows = await session.scalars(
+                select(ApiKey)
+                .where(ApiKey.changed_generation > generation)
+                .order_by(ApiKey.changed_generation, ApiKey.id)
+            )
+            return int(now or 0), [_record(row) for row in rows]
 
     async def count_live(self) -> int:
         async with self._sessions() as session:

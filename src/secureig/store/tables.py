@@ -44,6 +44,9 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     concurrency: Mapped[int | None] = mapped_column(Integer)
     daily_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # The keyring generation of this row's last change: servers reload what changed after the
+    # generation they hold, not every key.
+    changed_generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     __table_args__ = (
         # A name belongs to one live key; revoked keys keep theirs for the record.
@@ -54,6 +57,7 @@ class ApiKey(Base):
             sqlite_where=text("revoked_at IS NULL"),
             postgresql_where=text("revoked_at IS NULL"),
         ),
+        Index("ix_api_keys_changed_generation", "changed_generation"),
     )
 
 
