@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench lint typecheck unit clean
+.PHONY: run test bench bench-faults lint typecheck unit clean
 
 run: $(STAMP)
 	$(BIN)/secureig serve
@@ -28,6 +28,11 @@ bench: $(TEST_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get install -y -q wrk >/dev/null; } || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/faults.py
+
+# Faults alone (a hostile backend, a connection flood, Redis and the database stalled): minutes.
+bench-faults: $(TEST_STAMP)
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

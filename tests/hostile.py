@@ -44,6 +44,7 @@ class Behaviour:
     total: int = 10
     chunk: int = 64 * 1024
     good_lines: int = 0
+    path: str | None = None  # misbehave on this path only; others get three good lines
 
 
 class HostileBackend:
@@ -112,9 +113,11 @@ class HostileBackend:
                     await self._send(writer, 200, "application/json", _TAGS)
                 elif path == "/api/version":
                     await self._send(writer, 200, "application/json", b'{"version":"0.0.0"}')
+                elif self.behaviour.path not in (None, path):
+                    await self._misbehave(writer, Behaviour("lines", total=3))
                 else:
                     self.requests += 1
-                    await self._misbehave(writer)
+                    await self._misbehave(writer, self.behaviour)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
@@ -129,8 +132,7 @@ class HostileBackend:
         )
         await writer.drain()
 
-    async def _misbehave(self, writer: asyncio.StreamWriter) -> None:
-        b = self.behaviour
+    async def _misbehave(self, writer: asyncio.StreamWriter, b: Behaviour) -> None:
         ctype = "application/json" if b.kind == "huge-answer" else "application/x-ndjson"
         head = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
         writer.write(head.encode())
