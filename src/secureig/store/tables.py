@@ -101,7 +101,7 @@ class UsageRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
-        Index("ix_usage_records_at", "at"),
+        # Unique: a record written twice (a retried batch, a replayed spool) is stored once.
+        Index("ux_usage_records_at_request", "at", "request_id", unique=True),
         Index("ix_usage_records_key_at", "key_name", "at"),
-        Index("ux_usage_records_request", "request_id", "at", unique=True),
     )

@@ -93,7 +93,7 @@ class UsageStore:
         compiled = (
             dialect.insert(UsageRow)
             .values({name: bindparam(name) for name in _FIELDS})
-            .on_conflict_do_nothing(index_elements=["request_id", "at"])
+            .on_conflict_do_nothing(index_elements=["at", "request_id"])
             .compile(dialect=engine.dialect, for_executemany=True)
         )
         if tuple(compiled.positiontup or ()) != _FIELDS:
