@@ -15,10 +15,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
 
+from tests.servers import OwnPostgres, OwnRedis
 from tests.standin import OllamaStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,6 +238,13 @@ def shared(
     dep.close()
 
 
+def service_missing(reason: str) -> NoReturn:
+    """A test's service is absent: fail under SECUREIG_REQUIRE_SERVICES=1 (CI), skip otherwise."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
 def _postgres_reachable() -> str | None:
     try:
         with socket.create_connection(("127.0.0.1", 5432), timeout=1.0):
@@ -249,9 +258,7 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     reason = _postgres_reachable()
     if reason:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
+        service_missing(reason)
     import asyncio
 
     import asyncpg
@@ -283,10 +290,7 @@ def redis_settings() -> Iterator[dict[str, str]]:
         with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
             pass
     except OSError as exc:
-        reason = f"Redis is not reachable on 127.0.0.1:6379 ({exc})"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
+        service_missing(f"Redis is not reachable on 127.0.0.1:6379 ({exc})")
     import redis
 
     prefix = f"secureig-test-{uuid.uuid4().hex[:10]}:"
@@ -305,3 +309,25 @@ def wait_for_fresh_minute(needed: float = 15.0) -> None:
     left = 60 - time.time() % 60
     if left < needed:
         time.sleep(left + 0.2)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server of this test's own, to pause or stop (never the shared one)."""
+    try:
+        server = OwnPostgres().start()
+    except (FileNotFoundError, KeyError, RuntimeError) as exc:
+        service_missing(f"PostgreSQL cannot be started here: {exc}")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test's own, keeping nothing on disk, to pause or restart."""
+    try:
+        server = OwnRedis(tmp_path / "redis").start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        service_missing(f"redis-server cannot be started here: {exc}")
+    yield server
+    server.stop()

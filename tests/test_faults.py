@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, Deployment, Gateway, wait_until
+from tests.conftest import Deployment, Gateway, wait_until
 from tests.hostile import MODEL, Behaviour, HostileBackend
 from tests.servers import OwnPostgres
 from tests.standin import OllamaStandIn
@@ -285,18 +285,6 @@ def test_a_slow_blob_upload_is_cut(deployment: Deployment, standin: OllamaStandI
 
 
 # -- shutdown and how requests ended ---------------------------------------------------------
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[OwnPostgres]:
-    try:
-        server = OwnPostgres().start()
-    except (FileNotFoundError, KeyError) as exc:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but PostgreSQL cannot be started: {exc}")
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-    yield server
-    server.remove()
 
 
 def _usage_by(dep: Deployment, by: str) -> dict[str, list[str]]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,23 +17,11 @@ import redis
 
 from secureig.policy.limits import MINUTE, LimiterUnavailable, Limits, RateLimited
 from secureig.policy.redis_limits import RedisLimiter
-from tests.conftest import REQUIRE_SERVICES, Deployment
+from tests.conftest import Deployment
 from tests.servers import OwnRedis
 from tests.standin import OllamaStandIn
 
 PREFIX = "faults:"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    try:
-        server = OwnRedis(tmp_path / "redis").start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"SECUREIG_REQUIRE_SERVICES=1 but redis-server cannot be started: {exc}")
-        pytest.skip(f"redis-server cannot be started here: {exc}")
-    yield server
-    server.stop()
 
 
 def _raw(server: OwnRedis) -> redis.Redis:

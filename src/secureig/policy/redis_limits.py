@@ -195,7 +195,6 @@ class _Retry:
     script: _Script
     keys: list[str]
     args: list[str | int]
-    what: str  # for the log: "release" or "undo"
     since: float
 
 
@@ -373,7 +372,7 @@ class RedisLimiter:
         except RedisError as exc:
             if not isinstance(exc, RedisUnavailable) or exc.sent:
                 # The script may yet run (or have run) with nobody to answer: undo it.
-                self._retry(UNDO, [conc_key, marker], [lease, MARKER_TTL], "undo")
+                self._retry(UNDO, [conc_key, marker], [lease, MARKER_TTL])
             raise LimiterUnavailable(f"rate limiter unavailable: {exc}") from exc
         admitted, sec, usec, requests, tokens, day_tokens, in_flight = (int(v) for v in reply)
         now = sec + usec / 1_000_000
@@ -413,13 +412,13 @@ class RedisLimiter:
                 ticket.subject,
                 exc,
             )
-            self._retry(RELEASE, keys, args, "release")
+            self._retry(RELEASE, keys, args)
 
-    def _retry(self, script: _Script, keys: list[str], args: list[str | int], what: str) -> None:
+    def _retry(self, script: _Script, keys: list[str], args: list[str | int]) -> None:
         if len(self._retries) >= MAX_RETRIES:
             self._retries.popleft()
             self._give_up(1, "too many waiting")
-        self._retries.append(_Retry(script, keys, args, what, time.monotonic()))
+        self._retries.append(_Retry(script, keys, args, time.monotonic()))
 
     def _give_up(self, n: int, why: str) -> None:
         self.given_up += n

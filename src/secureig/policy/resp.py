@@ -162,17 +162,14 @@ class RedisClient:
     async def call(self, *args: str | int | bytes) -> Any:
         """Send one command and return its reply; a Redis error reply raises RedisReplyError."""
         command = _encode(args)
+        conn = await self._connection()  # failing, it raises with sent=False: nothing left
         try:
+            reply = await self._send(conn, command)
+        except _NotSent:
+            # Redis closed the idle connection (a restart, say) before this command left: the
+            # one case where sending again cannot run a command twice.
             conn = await self._connection()
-            try:
-                reply = await self._send(conn, command)
-            except _NotSent:
-                # Redis closed the idle connection (a restart, say) before this command left:
-                # the one case where sending again cannot run a command twice.
-                conn = await self._connection()
-                reply = await self._send(conn, command)
-        except _Unconnected as exc:
-            raise RedisUnavailable(str(exc), sent=False) from None
+            reply = await self._send(conn, command)
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply

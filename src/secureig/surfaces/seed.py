@@ -207,10 +207,7 @@ class SeedSurface:
                 parts.append(piece)
                 size += len(piece)
                 if size > limit:
-                    raise UpstreamTooLarge(
-                        f"upstream sent an answer larger than {limit} bytes,"
-                        " more than the gateway accepts"
-                    )
+                    raise UpstreamTooLarge.answer(limit)
             if line.get("done"):
                 ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
         # Nothing left before the upstream finished: all of that wait was the upstream's.

@@ -66,6 +66,12 @@ class UpstreamStreamError(UpstreamError):
 class UpstreamTooLarge(UpstreamError):
     """The upstream sent a line, or an answer held whole, larger than the gateway accepts."""
 
+    @classmethod
+    def answer(cls, limit: int) -> UpstreamTooLarge:
+        return cls(
+            f"upstream sent an answer larger than {limit} bytes, more than the gateway accepts"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TagEntry:
@@ -137,9 +143,7 @@ class RawResponse:
         except HTTPError as exc:
             raise _broken(exc) from None
         if len(body) > limit:
-            raise UpstreamTooLarge(
-                f"upstream sent an answer larger than {limit} bytes, more than the gateway accepts"
-            )
+            raise UpstreamTooLarge.answer(limit)
         return body
 
     async def error_message(self) -> str:
