@@ -1,10 +1,10 @@
 """A fast Ollama stand-in for benchmarks: canned answers over keep-alive HTTP/1.1, so the backend
 is never what a benchmark measures. (tests/standin.py is the faithful one; this one is quick.)
 
-Serves GET /api/tags, POST /api/generate and /api/chat, streamed (chunked NDJSON) or not, as the
-request's "stream" field says (default: stream). Streams are `--chunks` lines, sent at once, but
-the model "paced" sends them `--gap` seconds apart, and the model "slow" sends `--slow-chunks`
-lines `--slow-gap` seconds apart, for holding streams open.
+Serves GET /api/tags, /api/version and /api/ps (nothing loaded), POST /api/generate and /api/chat,
+streamed (chunked NDJSON) or not, as the request's "stream" field says (default: stream). Streams
+are `--chunks` lines, sent at once, but the model "paced" sends them `--gap` seconds apart, and the
+model "slow" sends `--slow-chunks` lines `--slow-gap` seconds apart, for holding streams open.
 Run: python bench/fast_ollama.py --port 11435
 """
 
@@ -41,6 +41,7 @@ METRICS = {
     "eval_count": 8,
     "eval_duration": 100,
 }
+_PROBES = {b"/api/version": b'{"version":"0.0.0"}', b"/api/ps": b'{"models":[]}'}
 
 
 def _line(chat: bool, text: str, done: bool) -> bytes:
@@ -126,6 +127,9 @@ class Handler(asyncio.Protocol):
         assert transport is not None
         if url == b"/api/tags":
             transport.write(_response("200 OK", b"application/json; charset=utf-8", TAGS))
+            return
+        if url in _PROBES:  # a gateway's health check
+            transport.write(_response("200 OK", b"application/json; charset=utf-8", _PROBES[url]))
             return
         if method != b"POST" or url not in (b"/api/generate", b"/api/chat"):
             transport.write(_response("404 Not Found", b"text/plain", b"404 page not found"))

@@ -8,6 +8,9 @@ with its limits in Redis (when Redis answers on BENCH_REDIS_URL, default redis:/
 Where the machine has two cores the gateways and the floor are pinned to the first; the load
 generators and the backend to the second.
 
+A third gateway fronts two backends (two fast stand-ins), so the router chooses on every
+request: the `fleet2` row.
+
 Scenarios: throughput (wrk, 32 connections) and latency (wrk, 1 connection) on three routes;
 streaming time to first byte and gaps at 16 streams; an invalid-key flood beside paced real
 traffic; resident memory with 1,000 slow streams open; RSS over a soak (10 minutes by default).
@@ -196,6 +199,15 @@ def redis_url() -> str | None:
         return None
 
 
+def bench_key(env: Mapping[str, str]) -> str:
+    """A key whose limits never refuse, so the limiter runs on every request all the same."""
+    return subprocess.run(
+        [PYTHON, "-m", "secureig", "keys", "create", "bench", "--rpm", "100000000",
+         "--tpm", "1000000000", "--concurrency", "100000"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -233,7 +245,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="secureig-bench-"))
     backend_port, floor_port = free_port(), free_port()
     gateway_port, redis_gateway_port = free_port(), free_port()
+    backend2_port, fleet_port = free_port(), free_port()
     backend = f"http://127.0.0.1:{backend_port}"
+    backend2 = f"http://127.0.0.1:{backend2_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECUREIG_")}
     gateway_env = {
         **env,
@@ -243,11 +257,7 @@ def main() -> None:
         # Room for the held streams: one upstream connection each.
         "SECUREIG_UPSTREAM_MAX_CONNECTIONS": str(max(args.hold + 100, 100)),
     }
-    key = subprocess.run(
-        [PYTHON, "-m", "secureig", "keys", "create", "bench", "--rpm", "100000000",
-         "--tpm", "1000000000", "--concurrency", "100000"],
-        env=gateway_env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    key = bench_key(gateway_env)
     litellm = ensure_litellm() if args.litellm else None
     litellm_port = free_port()
     litellm_url = f"http://127.0.0.1:{litellm_port}"
@@ -262,11 +272,7 @@ def main() -> None:
         # Its own code (first on the path) and its own store, migrated by its own code.
         baseline_env = {**gateway_env, "PYTHONPATH": str(source),
                         "SECUREIG_DATABASE_URL": f"sqlite:///{tmp / 'baseline.db'}"}  # fmt: skip
-        baseline_key = subprocess.run(
-            [PYTHON, "-m", "secureig", "keys", "create", "bench", "--rpm", "100000000",
-             "--tpm", "1000000000", "--concurrency", "100000"],
-            env=baseline_env, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        baseline_key = bench_key(baseline_env)
     baseline_port = free_port()
     baseline_url = f"http://127.0.0.1:{baseline_port}"
     redis = redis_url()
@@ -275,6 +281,11 @@ def main() -> None:
     redis_env = {**gateway_env, "SECUREIG_REDIS_URL": redis or "",
                  "SECUREIG_REDIS_PREFIX": f"secureig-bench-{uuid.uuid4().hex[:8]}:"}  # fmt: skip
 
+    # The same gateway in front of two backends: the router's choice on every request.
+    fleet_env = {**gateway_env, "SECUREIG_OLLAMA_URL": f"{backend},{backend2}",
+                 "SECUREIG_DATABASE_URL": f"sqlite:///{tmp / 'fleet.db'}"}  # fmt: skip
+    fleet_key = bench_key(fleet_env)
+    fleet_url = f"http://127.0.0.1:{fleet_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     redis_gateway_url = f"http://127.0.0.1:{redis_gateway_port}"
     generate = {"model": "llama2", "prompt": "hello there", "stream": False}
@@ -286,6 +297,7 @@ def main() -> None:
         Target("gateway /api/generate", f"{gateway_url}/api/generate", generate, key),
         Target("gateway /v1/chat/completions", f"{gateway_url}/v1/chat/completions", chat, key),
         Target("gateway /request", f"{gateway_url}/request", seed, key),
+        Target("fleet2 /api/generate", f"{fleet_url}/api/generate", generate, fleet_key),
     ]
     if baseline_env is not None:
         targets += [
@@ -333,8 +345,13 @@ def main() -> None:
         "--slow-gap",
         "1",
     ]
+    backend2_command = [*backend_command]
+    backend2_command[backend2_command.index("--port") + 1] = str(backend2_port)
     with (
         process(pinned(1, backend_command), env, tmp / "backend.log"),
+        process(pinned(1, backend2_command), env, tmp / "backend2.log"),
+        process(pinned(0, [PYTHON, "-m", "secureig", "serve", "--port", str(fleet_port)]),
+                fleet_env, tmp / "fleet.log") as fleet,
         process(pinned(0, [PYTHON, "-m", "secureig", "serve", "--port", str(gateway_port)]),
                 gateway_env, tmp / "gateway.log") as gateway,
         process(pinned(0, [PYTHON, "-m", "secureig", "serve", "--port",
@@ -350,8 +367,8 @@ def main() -> None:
                 {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
                 tmp / "litellm.log") as litellm_proxy,
     ):  # fmt: skip
-        for url in (backend + "/api/tags", gateway_url + "/healthz",
-                    f"http://127.0.0.1:{floor_port}/docs"):  # fmt: skip
+        for url in (backend + "/api/tags", backend2 + "/api/tags", gateway_url + "/healthz",
+                    fleet_url + "/healthz", f"http://127.0.0.1:{floor_port}/docs"):  # fmt: skip
             wait_up(url)
         if redis:
             wait_up(redis_gateway_url + "/healthz")
@@ -360,7 +377,8 @@ def main() -> None:
         if litellm:
             wait_up(litellm_url + "/health/liveliness", timeout=180)
         pids = {"gateway": gateway.pid, "gateway+redis": redis_gateway.pid,
-                "litellm": litellm_proxy.pid, "baseline": baseline.pid}  # fmt: skip
+                "litellm": litellm_proxy.pid, "baseline": baseline.pid,
+                "fleet2": fleet.pid}  # fmt: skip
         for target in targets:  # warm every path once: connection pools, model discovery
             run_wrk(target, 4, 1, tmp)
         rss_idle = rss_mb(gateway.pid)

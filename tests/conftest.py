@@ -233,7 +233,7 @@ def shared(
     """One gateway for a whole module, on the bootstrap key, for tests that change no keys."""
     tmp = tmp_path_factory.mktemp("shared")
     dep = Deployment(tmp, f"sqlite:///{tmp / 'keys.db'}", standin.url)
-    dep.gateway(discovery_interval="0.5")
+    dep.gateway(health_interval="0.5")
     yield dep
     dep.close()
 

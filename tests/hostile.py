@@ -111,6 +111,8 @@ class HostileBackend:
                     await reader.readexactly(length)
                 if path == "/api/tags":
                     await self._send(writer, 200, "application/json", _TAGS)
+                elif path == "/api/ps":
+                    await self._send(writer, 200, "application/json", b'{"models":[]}')
                 elif path == "/api/version":
                     await self._send(writer, 200, "application/json", b'{"version":"0.0.0"}')
                 elif self.behaviour.path not in (None, path):

@@ -40,6 +40,8 @@ _SIGNIN_KEY = base64.urlsafe_b64encode(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOl
 _SIGNIN_URL = "https://ollama.com/connect?name=ollama-standin&key=" + _SIGNIN_KEY.decode().rstrip(
     "="
 )
+# What a gateway's health check asks every interval; recorded only when asked for.
+_PROBES = frozenset({"/api/version", "/api/tags", "/api/ps"})
 # Go clamps a negative keep_alive to MaxInt64 nanoseconds (~292 years): "loaded forever".
 _FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
 
@@ -1004,6 +1006,8 @@ class OllamaStandIn:
       fail_after        chunks (progress lines) sent before the error line in "midstream" mode
       tags_fail         /api/tags answers 500
       record            keep RecordedRequest entries in `requests` (switch off for long benchmarks)
+      record_probes     keep GETs of /api/version, /api/tags and /api/ps too: a gateway's health
+                        check asks them every interval, so they are left out by default
     Observations: requests, cancelled, active, peak_active; reset() restores all of it.
     Routes that reach ollama.com in a real server (/api/me, /api/signout, /api/user/keys/...,
     /api/experimental/web_*, /api/push) answer as a signed-out server would, or pretend success;
@@ -1021,6 +1025,7 @@ class OllamaStandIn:
     tags_fail: bool
     version: str
     record: bool
+    record_probes: bool
     requests: list[RecordedRequest]
     cancelled: int
     active: int
@@ -1173,6 +1178,7 @@ class OllamaStandIn:
             self.tags_fail = False
             self.version = DEFAULT_VERSION
             self.record = True
+            self.record_probes = False
             self.requests = []
             self.cancelled = 0
             self.peak_active = self.active
@@ -1294,7 +1300,8 @@ class OllamaStandIn:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if self.record:
+        probe = request.method == "GET" and request.path in _PROBES
+        if self.record and (self.record_probes or not probe):
             try:
                 parsed = json.loads(body) if body else None
             except ValueError:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from secureig.app import Gateway, refusal_reason
 from secureig.config import ConfigFileError, is_loopback, load_settings
+from secureig.routing import BackendSpec
 from secureig.store import migrate
 from tests.conftest import Deployment
 
@@ -19,7 +20,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8085)
-    assert settings.ollama_url == "http://127.0.0.1:11434"
+    assert settings.ollama_url is None
+    assert settings.fleet == [BackendSpec(name="ollama", url="http://127.0.0.1:11434")]
     assert settings.max_body_bytes == 10 * 1024 * 1024
 
 

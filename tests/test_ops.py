@@ -33,7 +33,7 @@ def test_readyz_reports_store_and_upstream(shared: Deployment, standin: OllamaSt
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready", "store": "ok", "limits": "in-process", "connections": "ok",
-        "upstreams": {"ollama": "up"},
+        "backends": {"ollama": "up"},
     }  # fmt: skip
 
 
@@ -99,12 +99,12 @@ def test_sigterm_stops_cleanly(deployment: Deployment) -> None:
 
 def test_check_verdicts(deployment: Deployment, standin: OllamaStandIn) -> None:
     ok = deployment.cli("check")
-    assert "store     ok" in ok.stdout and "upstream  ok" in ok.stdout
+    assert "store     ok" in ok.stdout and "backend   ok    ollama (ollama, " in ok.stdout
     assert "keys      warn  the bootstrap key 'admin' is active" in ok.stdout
     standin.stop()
     down = deployment.cli("check", check=False)
     assert down.returncode == 1
-    assert "upstream  FAIL  upstream is unreachable (connection refused)" in down.stdout
+    assert f"backend   FAIL  ollama (ollama, {standin.url}): upstream is unreachable" in down.stdout
 
 
 def test_models_command(deployment: Deployment, standin: OllamaStandIn) -> None:

@@ -52,7 +52,7 @@ def gate(
         "inference": dep.cli.create_key("app"),
         "admin": dep.cli.create_key("root", "--scope", "admin"),
     }
-    dep.gateway(auth_failures_per_minute="0", discovery_interval="0.5")
+    dep.gateway(auth_failures_per_minute="0", health_interval="0.5")
     yield dep, keys
     dep.close()
 
@@ -497,17 +497,20 @@ def test_9_upstream_credentials_are_used_and_never_shown(
     try:
         gateway = dep.gateway()
         ready = httpx.get(gateway.url + "/readyz")
-        assert ready.status_code == 200 and ready.json()["upstreams"] == {"ollama": "up"}
+        assert ready.status_code == 200 and ready.json()["backends"] == {"ollama": "up"}
         models = httpx.get(gateway.url + "/admin/models", headers=_h("admin")).json()
-        assert models["upstream"] == standin.url.replace("http://", "http://***@")
+        assert models["backends"] == {"ollama": sorted(standin.models)}
+        backends = httpx.get(gateway.url + "/admin/backends", headers=_h("admin")).json()
+        assert backends[0]["url"] == standin.url.replace("http://", "http://***@")
         assert httpx.post(gateway.url + "/api/chat", json=CHAT, headers=_h("admin")).is_success
         # The credentials are the upstream's own: sent to it as Basic auth, shown nowhere.
         assert standin.requests_to("/api/chat")[-1].header("Authorization") == (
             "Basic b3BzOnMzY3JldHB3"
         )
         outputs = [
-            ready.text, json.dumps(models), dep.cli("check", check=False).stdout,
-            dep.cli("models").stderr, httpx.get(gateway.url + "/metrics").text,
+            ready.text, json.dumps(models), json.dumps(backends),
+            dep.cli("check", check=False).stdout, dep.cli("models").stderr,
+            dep.cli("backends", "--key", "admin").stdout, httpx.get(gateway.url + "/metrics").text,
         ]  # fmt: skip
         gateway.stop()
         outputs.append(gateway.log())

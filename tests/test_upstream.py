@@ -22,12 +22,12 @@ def test_gateway_starts_with_ollama_down_and_recovers(
     assert down.text == "No models available: upstream is unreachable (connection refused)"
     ready = httpx.get(gateway.url + "/readyz")
     assert ready.status_code == 200  # an upstream outage does not fail readiness
-    assert ready.json()["upstreams"] == {"ollama": "down"}
+    assert ready.json()["backends"] == {"ollama": "down"}
 
     standin.start()
     # A request that finds the catalog down asks the upstream again: no restart, no long wait.
     assert wait_until(lambda: gateway.post(HI).status_code == 200, timeout=5)
-    assert httpx.get(gateway.url + "/readyz").json()["upstreams"] == {"ollama": "up"}
+    assert httpx.get(gateway.url + "/readyz").json()["backends"] == {"ollama": "up"}
 
 
 def test_ollama_going_down_while_serving(deployment: Deployment, standin: OllamaStandIn) -> None:
@@ -43,7 +43,7 @@ def test_ollama_going_down_while_serving(deployment: Deployment, standin: Ollama
 
 def test_model_added_after_start_is_served(deployment: Deployment, standin: OllamaStandIn) -> None:
     # A long background interval: only the refresh on a miss can find the new model.
-    gateway = deployment.gateway(discovery_interval="3600")
+    gateway = deployment.gateway(health_interval="3600")
     assert gateway.post({"model": "phi3", "request": "hi"}).status_code == 403
     standin.add_model("phi3:latest")
     response = wait_until(
@@ -53,7 +53,8 @@ def test_model_added_after_start_is_served(deployment: Deployment, standin: Olla
 
 
 def test_misses_do_not_flood_the_upstream(deployment: Deployment, standin: OllamaStandIn) -> None:
-    gateway = deployment.gateway(discovery_interval="3600")
+    gateway = deployment.gateway(health_interval="3600")
+    standin.record_probes = True
     before = len([r for r in standin.requests if r.path == "/api/tags"])
     for i in range(30):
         assert gateway.post({"model": f"nosuch{i}", "request": "hi"}).status_code == 403
@@ -65,7 +66,7 @@ def test_misses_do_not_flood_the_upstream(deployment: Deployment, standin: Ollam
 def test_background_refresh_sees_removed_models(
     deployment: Deployment, standin: OllamaStandIn
 ) -> None:
-    gateway = deployment.gateway(discovery_interval="0.3")
+    gateway = deployment.gateway(health_interval="0.3")
     assert gateway.post(HI).status_code == 200
     standin.remove_model("llama2:latest")
     assert wait_until(

@@ -78,7 +78,7 @@ def test_every_authenticated_request_leaves_an_exact_record(
     assert {r["surface"] for r in rows} == {"seed", "ollama", "openai"}
     first = rows[0]
     assert first["route"] == "generate" and first["model"] == "llama2:latest"
-    assert first["backend"] == standin.url
+    assert first["backend"] == "ollama"  # the backend's name, never its address
     assert first["duration_ms"] > 0 and first["ttfb_ms"] is not None
     assert first["bytes_in"] > 0 and first["bytes_out"] == len("Echo: one")
     assert len(first["request_id"]) == 16

@@ -35,6 +35,7 @@ from secureig.policy import (
     LocalLimiter,
 )
 from secureig.protocol import OpenConnections, ServeLimits
+from secureig.routing import Backend, Fleet, Router
 from secureig.store import KeyStore, create_engine, describe, migrate
 from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
 from secureig.surfaces._asgi import (
@@ -46,6 +47,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
 )
+from secureig.surfaces._forward import Forwarder
 from secureig.surfaces.admin import AdminGate, admin_router
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
@@ -54,11 +56,9 @@ from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
 from secureig.untrusted import printable
-from secureig.upstream import ModelCatalog, OllamaClient, Timeouts
+from secureig.upstream import OllamaClient, Timeouts
 
 log = logging.getLogger("secureig")
-# The one upstream's name where answers would otherwise show its address.
-UPSTREAM_NAME = "ollama"
 # Request ids tell requests apart in logs and usage; they guard nothing, so a seeded generator
 # serves (a system call per request for os.urandom showed in profiles).
 _ids = random.Random(os.urandom(16))  # noqa: S311
@@ -88,6 +88,30 @@ def refusal_reason(settings: Settings, live_keys: int) -> str | None:
         "or set SECUREIG_ADMIN_KEY to a secret of 16 characters or more, or pass"
         " --allow-bootstrap-key (SECUREIG_ALLOW_BOOTSTRAP_KEY=1) to accept 'admin' on this address."
     )
+
+
+def build_fleet(settings: Settings) -> Fleet:
+    """The backends the settings name, each with its own client and connection pool."""
+    timeouts = Timeouts(
+        connect=settings.upstream_connect_timeout,
+        read=settings.upstream_read_timeout,
+        total=settings.upstream_total_timeout,
+    )
+    backends = [
+        Backend(
+            spec,
+            OllamaClient(
+                spec.url,
+                timeouts,
+                max_connections=settings.upstream_max_connections,
+                max_line_bytes=settings.max_line_bytes,
+                max_answer_bytes=settings.max_answer_bytes,
+                api_key=spec.api_key,
+            ),
+        )
+        for spec in settings.fleet
+    ]
+    return Fleet(backends, settings.health_interval)
 
 
 def build_limiter(settings: Settings) -> Limiter:
@@ -123,22 +147,20 @@ class Gateway:
             ),
             settings.key_refresh_interval,
         )
-        self.client = OllamaClient(
-            settings.ollama_url,
-            Timeouts(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                total=settings.upstream_total_timeout,
-            ),
-            max_connections=settings.upstream_max_connections,
-            max_line_bytes=settings.max_line_bytes,
-            max_answer_bytes=settings.max_answer_bytes,
+        self.fleet = build_fleet(settings)
+        self.metrics = Metrics()
+        self.router = Router(
+            self.fleet,
+            queue_timeout=settings.queue_timeout,
+            max_queued=settings.max_queued,
+            observe_wait=self.metrics.queue_wait,
         )
-        self.catalog = ModelCatalog(self.client, settings.discovery_interval)
+        self.metrics.watch_backends(self.router)
+        self.forwarder = Forwarder(self.router, settings.max_answer_bytes)
         self.limiter = build_limiter(settings)
         self.gatekeeper = Gatekeeper(
             self.keyring,
-            self.catalog,
+            self.fleet,
             ClampPolicy(
                 max_keep_alive=settings.max_keep_alive, min_keep_alive=settings.min_keep_alive
             ),
@@ -155,7 +177,6 @@ class Gateway:
                 max_per_client=settings.connections_per_client,
             )
         )
-        self.metrics = Metrics()
         self.metrics.watch_connections(lambda: self.connections.open, self.connections.refused)
         self.access_log = AccessLog()
         self.usage = UsageWriter(
@@ -177,34 +198,39 @@ class Gateway:
         if reason:
             raise StartupRefused(reason)
         await self.limiter.start()
-        await self.client.open()
-        state = await self.catalog.refresh()
-        self.catalog.start()
+        await self.fleet.open()
+        await self.fleet.refresh()
+        self.fleet.start()
         self.keyring.start()
         await self.usage.start()
-        self._announce(state.up, state.error, sorted(e.name for e in state.models.values()))
+        self._announce()
 
-    def _announce(self, up: bool, error: str | None, models: list[str]) -> None:
+    def _announce(self) -> None:
         log.info(
             "key store: %s, %d live keys",
             describe(self.settings.database_url),
             self.keyring.key_count,
         )
-        if up:
-            shown = ", ".join(models[:10]) + (" ..." if len(models) > 10 else "")
-            log.info(
-                "upstream %s: up, %d models%s",
-                self.client.address,
-                len(models),
-                f" ({shown})" if models else "",
-            )
-        else:
-            log.warning(
-                "upstream %s: down (%s); serving anyway, retrying every %gs and on request",
-                self.client.address,
-                error,
-                self.settings.discovery_interval,
-            )
+        for backend in self.fleet.backends:
+            label = f"backend {backend.name} ({backend.kind}, {backend.address})"
+            if backend.up:
+                models = sorted(e.name for e in backend.models.values())
+                shown = ", ".join(models[:10]) + (" ..." if len(models) > 10 else "")
+                cap = backend.max_concurrency
+                log.info(
+                    "%s: up, %d models%s%s",
+                    label,
+                    len(models),
+                    f" ({shown})" if models else "",
+                    f", at most {cap} in flight" if cap else "",
+                )
+            else:
+                log.warning(
+                    "%s: down (%s); serving anyway, checking every %gs and on request",
+                    label,
+                    backend.why,
+                    self.settings.health_interval,
+                )
         redis = self.settings.redis_url
         log.info("limits: %s", "shared through Redis" if redis else "in this process")
         hosts = self.settings.trusted_hosts
@@ -237,8 +263,8 @@ class Gateway:
         for name, step in (
             ("limits", self.limiter.close()),
             ("key refresh", self.keyring.stop()),
-            ("discovery", self.catalog.stop()),
-            ("upstream connections", self.client.close()),
+            ("health checks", self.fleet.stop()),
+            ("backend connections", self.fleet.close()),
             ("store connections", self.engine.dispose()),
         ):
             try:
@@ -286,7 +312,7 @@ class Gateway:
                     surface=ex.surface,
                     route=ex.route,
                     model=ex.model,
-                    backend=self.client.address if ex.upstream_seconds is not None else None,
+                    backend=ex.backend,
                     status=status,
                     prompt_tokens=ledger.prompt_tokens,
                     completion_tokens=ledger.completion_tokens,
@@ -300,6 +326,8 @@ class Gateway:
             )
         if ex.outcome == "upstream-failed-mid-stream" or status in (502, 504):
             m.upstream_errors.labels(ex.outcome or str(status)).inc()
+        if ex.backend is not None:
+            m.backend_answered(ex.backend)
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         store = "ok"
@@ -307,9 +335,8 @@ class Gateway:
             await asyncio.wait_for(self.keystore.ping(), timeout=2.0)
         except Exception:
             store = "unreachable"
-        state = self.catalog.state
-        if time.monotonic() - state.refreshed_at > 2.0:
-            state = await self.catalog.refresh()
+        if time.monotonic() - self.fleet.state.refreshed_at > 2.0:
+            await self.fleet.refresh()
         limits = "in-process"
         if self.settings.redis_url is not None:
             # Reported, not required: without Redis only keys with limits are refused, on
@@ -327,8 +354,8 @@ class Gateway:
             "store": store,
             "limits": limits,
             "connections": "exhausted" if exhausted else "ok",
-            # States, not addresses: /readyz needs no key.
-            "upstreams": {UPSTREAM_NAME: "up" if state.up else "down"},
+            # Names and states, never addresses: /readyz needs no key.
+            "backends": {b.name: "up" if b.up else "down" for b in self.fleet.backends},
         }
 
 
@@ -344,7 +371,7 @@ def _api(gateway: Gateway) -> FastAPI:
             gateway.gatekeeper,
             gateway.keystore,
             UsageStore(gateway.engine),
-            gateway.catalog,
+            gateway.router,
         )
     )
 
@@ -485,11 +512,12 @@ class GatewayApp:
 
 def create_app(settings: Settings) -> GatewayApp:
     gateway = Gateway(settings)
-    seed = SeedSurface(gateway.gatekeeper, gateway.client, settings.max_body_bytes)
+    forwarder = gateway.forwarder
+    seed = SeedSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
     ollama = OllamaSurface(
-        gateway.gatekeeper, gateway.client, settings.max_body_bytes, settings.max_blob_bytes
+        gateway.gatekeeper, forwarder, settings.max_body_bytes, settings.max_blob_bytes
     )
-    openai = OpenAISurface(gateway.gatekeeper, gateway.client, settings.max_body_bytes)
+    openai = OpenAISurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
     public = (
         settings.metrics_public
         if settings.metrics_public is not None

@@ -27,6 +27,7 @@ from secureig import __version__, durations
 from secureig.config import ConfigFileError, Settings, load_settings
 from secureig.credentials import Scope, parse_scopes
 from secureig.names import InvalidModelName, normalize_pattern
+from secureig.routing import BackendReport, LoadedModel, Router
 from secureig.store import (
     UNCHANGED,
     DatabaseURLError,
@@ -42,7 +43,7 @@ from secureig.store import (
 )
 from secureig.store.usage import GroupBy, UsageStore, UsageTotal
 from secureig.untrusted import shown
-from secureig.upstream import OllamaClient, TagEntry, Timeouts, UpstreamError
+from secureig.upstream import Timeouts, UpstreamError
 from secureig.urls import safe_url
 
 T = TypeVar("T")
@@ -83,7 +84,8 @@ OllamaOption = Annotated[
     typer.Option(
         "--ollama-url",
         metavar="URL",
-        help="Ollama base URL [env: SECUREIG_OLLAMA_URL; default http://127.0.0.1:11434].",
+        help="Ollama base URL, or several comma-separated, one backend each [env:"
+        " SECUREIG_OLLAMA_URL; default http://127.0.0.1:11434]. Or [[backends]] in --config.",
         show_default=False,
     ),
 ]
@@ -343,7 +345,7 @@ def serve(
     )
     say(
         f"secureig {__version__}: listening on http://{settings.host}:{settings.port}"
-        f" in front of {safe_url(settings.ollama_url)}"
+        f" in front of {_fleet_words(settings)}"
     )
     server.run()
     if not server.started:
@@ -698,17 +700,17 @@ def usage(
         str,
         typer.Option(
             "--by",
-            metavar="key|model|day|outcome",
+            metavar="key|model|backend|day|outcome",
             help="How to group the totals (outcome: how requests ended).",
         ),
     ] = "key",
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Requests and tokens per key, model, day or outcome, from the usage records."""
+    """Requests and tokens per key, model, backend, day or outcome, from the usage records."""
     settings = settings_from(config=config, database_url=database_url)
-    if by not in ("key", "model", "day", "outcome"):
-        raise typer.BadParameter("use key, model, day or outcome", param_hint="--by")
+    if by not in ("key", "model", "backend", "day", "outcome"):
+        raise typer.BadParameter("use key, model, backend, day or outcome", param_hint="--by")
     start = datetime.now(UTC) - parse_duration(since)
     group: GroupBy = by  # type: ignore[assignment]
 
@@ -758,36 +760,151 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 # models and check
 
 
-def _upstream_models(settings: Settings) -> list[TagEntry]:
-    """The upstream's `/api/tags`, with short timeouts: a CLI answer should not hang."""
+def _fleet_words(settings: Settings) -> str:
+    fleet = settings.fleet
+    if len(fleet) == 1:
+        return safe_url(fleet[0].url)
+    return f"{len(fleet)} backends ({', '.join(spec.name for spec in fleet)})"
 
-    async def fetch() -> list[TagEntry]:
-        client = OllamaClient(
-            settings.ollama_url,
-            Timeouts(connect=settings.upstream_connect_timeout, read=10.0, total=15.0),
+
+def _probe(settings: Settings) -> list[BackendReport]:
+    """Every backend's health, models and loaded models, asked now, with short timeouts."""
+    from secureig.app import build_fleet
+
+    async def probe() -> list[BackendReport]:
+        fleet = build_fleet(
+            settings.model_copy(
+                update={"upstream_read_timeout": 10.0, "upstream_total_timeout": 15.0}
+            )
         )
-        await client.open()
+        await fleet.open()
         try:
-            return await client.tags()
+            await fleet.refresh()
+            return Router(fleet, queue_timeout=0, max_queued=0).report()
         finally:
-            await client.close()
+            await fleet.close()
+
+    return run(probe())
+
+
+@app.command()
+def models(ollama_url: OllamaOption = None, config: ConfigOption = None) -> None:
+    """List the models the backends serve, and which backends serve each."""
+    settings = settings_from(ollama_url=ollama_url, config=config)
+    reports = _probe(settings)
+    where: dict[str, list[str]] = {}
+    for report in reports:
+        for name in report.models:
+            where.setdefault(name, []).append(report.name)
+    down = [r for r in reports if r.state != "up"]
+    if len(down) == len(reports):
+        raise fail("; ".join(f"backend {r.name}: {r.why}" for r in down))
+    say(f"{len(where)} models on {_fleet_words(settings)}")
+    for r in down:
+        say(f"backend {r.name} is down: {r.why}")
+    several = len(reports) > 1
+    for name in sorted(where):
+        typer.echo(name + (f"\t{', '.join(where[name])}" if several else ""))
+
+
+BackendsKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="SECUREIG_KEY",
+        help="An admin key, to ask the running gateway for what is in flight and queued [env:"
+        " SECUREIG_KEY; default SECUREIG_ADMIN_KEY].",
+        show_default=False,
+    ),
+]
+GatewayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        metavar="URL",
+        help="The running gateway [default: http://HOST:PORT of the settings].",
+        show_default=False,
+    ),
+]
+
+
+def _live_reports(url: str, key: str) -> list[BackendReport]:
+    """`GET /admin/backends` from the running gateway."""
+    from secureig.upstream.connections import ConnectionPool, HTTPError
+
+    async def fetch() -> list[BackendReport]:
+        pool = ConnectionPool(
+            url, Timeouts(connect=3.0, read=10.0, total=15.0), max_connections=1,
+            headers={"X-API-KEY": key, "Accept": "application/json"},
+        )  # fmt: skip
+        try:
+            response = await pool.send("GET", "/admin/backends")
+            try:
+                body = await response.read(16 * 1024 * 1024)
+            finally:
+                response.release()
+        except HTTPError as exc:
+            raise UpstreamError(f"cannot reach it: {exc}") from None
+        finally:
+            await pool.aclose()
+        if response.status != 200:
+            raise UpstreamError(
+                f"it answered {response.status}: {body[:200].decode(errors='replace')}"
+            )
+        return [
+            BackendReport(**{**item, "loaded": [LoadedModel(**m) for m in item["loaded"]]})
+            for item in json.loads(body)
+        ]
 
     return run(fetch())
 
 
 @app.command()
-def models(ollama_url: OllamaOption = None, config: ConfigOption = None) -> None:
-    """List the models the upstream serves."""
-    settings = settings_from(ollama_url=ollama_url, config=config)
+def backends(
+    ollama_url: OllamaOption = None,
+    config: ConfigOption = None,
+    key: BackendsKeyOption = None,
+    gateway: GatewayOption = None,
+) -> None:
+    """Show each backend: kind, state and why, models, loaded models, in flight and queued.
 
-    try:
-        entries = _upstream_models(settings)
-    except UpstreamError as exc:
-        raise fail(str(exc)) from None
-    say(f"{len(entries)} models at {safe_url(settings.ollama_url)}")
-    for entry in entries:
-        size = f"{entry.size / 1e9:.1f} GB" if entry.size else "-"
-        typer.echo(f"{entry.name}\t{size}\t{entry.modified_at}")
+    With an admin key, the running gateway says what it sees; without one, or when it does
+    not answer, each backend is asked directly (and in flight and queued are not known)."""
+    settings = settings_from(ollama_url=ollama_url, config=config)
+    secret = key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    url = gateway or f"http://{_url_host(settings.host)}:{settings.port}"
+    reports: list[BackendReport] | None = None
+    if secret:
+        try:
+            reports = _live_reports(url, secret)
+            say(f"as the gateway at {safe_url(url)} sees them:")
+        except (UpstreamError, ValueError, KeyError, TypeError) as exc:
+            say(f"the gateway at {safe_url(url)} did not say ({exc}); asking each backend")
+    if reports is None:
+        reports = _probe(settings)
+        if not secret:
+            say("asked each backend (pass --key with an admin key for in flight and queued):")
+    for r in reports:
+        cap = f"/{r.max_concurrency}" if r.max_concurrency else ""
+        live = f"  in flight {r.in_flight}{cap}  queued {r.queued}" if secret else ""
+        state = "up" if r.state == "up" else f"down ({r.why})"
+        busy = f"  busy for {r.busy_for:g}s" if r.busy_for else ""
+        typer.echo(f"{r.name}  {r.kind}  {r.url}  {state}{live}{busy}")
+        if r.version:
+            typer.echo(f"    version {r.version}, weight {r.weight:g}")
+        typer.echo(f"    models ({len(r.models)}): {', '.join(r.models) or '-'}")
+        loaded = ", ".join(f"{m.name} ({m.seconds_left:.0f}s left)" for m in r.loaded)
+        typer.echo(f"    loaded: {loaded or '-'}")
+        for error in r.recent_errors[-3:]:
+            typer.echo(f"    error {error}")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 (a listening address, read to reach it)
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 @app.command()
@@ -796,12 +913,12 @@ def check(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Check the configuration, the key store and the upstream, each with a verdict."""
+    """Check the configuration, the key store and every backend, each with a verdict."""
     settings = settings_from(ollama_url=ollama_url, config=config, database_url=database_url)
     failures = 0
     typer.echo(
         f"config    ok    listen {settings.host}:{settings.port},"
-        f" upstream {safe_url(settings.ollama_url)}"
+        f" in front of {_fleet_words(settings)}"
         + (f", file {settings.config}" if settings.config else "")
     )
 
@@ -861,12 +978,15 @@ def check(
             failures += 1
             typer.echo(f"limits    FAIL  {exc}")
 
-    try:
-        count = len(_upstream_models(settings))
-        typer.echo(f"upstream  ok    {safe_url(settings.ollama_url)} serves {count} models")
-    except UpstreamError as exc:
-        failures += 1
-        typer.echo(f"upstream  FAIL  {exc}")
+    for report in _probe(settings):
+        if report.state == "up":
+            typer.echo(
+                f"backend   ok    {report.name} ({report.kind}, {report.url}) serves"
+                f" {len(report.models)} models, {len(report.loaded)} loaded"
+            )
+        else:
+            failures += 1
+            typer.echo(f"backend   FAIL  {report.name} ({report.kind}, {report.url}): {report.why}")
     if failures:
         raise typer.Exit(1)
 

@@ -6,11 +6,13 @@ Precedence is CLI flag > environment > TOML file (`--config` or `SECUREIG_CONFIG
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -19,11 +21,83 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from secureig.routing.backend import BackendSpec
+from secureig.urls import safe_url
+
 MIB = 1024 * 1024
 KIB = 1024
 # What the Host check accepts, when nobody says otherwise, from a server on loopback: a DNS
 # rebinding page names its own domain, never one of these.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+_BACKEND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{safe_url(url)!r} is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{safe_url(url)!r}: a backend URL has no query or fragment")
+
+
+class BackendConfig(BaseModel):
+    """One `[[backends]]` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique; in logs, metrics, usage, /readyz, X-Secureig-Backend.")
+    url: str
+    kind: Literal["ollama"] = "ollama"
+    max_concurrency: int | None = Field(default=None, gt=0, le=100_000)
+    api_key: SecretStr | None = Field(default=None, description="Sent as Authorization: Bearer.")
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _BACKEND_NAME.fullmatch(value):
+            raise ValueError(
+                "a backend name is 1 to 64 letters, digits, '.', '_' or '-', starting with a"
+                " letter or digit"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        _check_url(value)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            if not secret or len(secret) > 4096 or any(c in secret for c in "\r\n\0"):
+                raise ValueError("must be 1 to 4096 characters, on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        if self.api_key is not None and urlsplit(self.url).username is not None:
+            raise ValueError(
+                "the url carries credentials and api_key is set: the backend gets one or the other"
+            )
+        return self
+
+    def spec(self) -> BackendSpec:
+        return BackendSpec(
+            name=self.name,
+            url=self.url,
+            kind=self.kind,
+            max_concurrency=self.max_concurrency,
+            api_key=self.api_key.get_secret_value() if self.api_key else None,
+            weight=self.weight,
+        )
 
 
 class ConfigFileError(ValueError):
@@ -44,8 +118,34 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8085, ge=0, le=65535, description="Port to listen on.")
-    ollama_url: str = Field(
-        default="http://127.0.0.1:11434", description="Base URL of the Ollama upstream."
+    ollama_url: str | None = Field(
+        default=None,
+        description="Base URL of the Ollama backend, or several, comma-separated (default"
+        " http://127.0.0.1:11434); or [[backends]] in the settings file, not both.",
+    )
+    backends: list[BackendConfig] | None = Field(
+        default=None,
+        description="The fleet, as [[backends]] tables in the settings file: name, url, kind,"
+        " max_concurrency, api_key, weight.",
+    )
+    health_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between each backend's health check, model list and loaded models.",
+    )
+    queue_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Seconds a request may wait for a free place on a backend (every candidate"
+        " at its max_concurrency); 503 beyond. 0 refuses at once.",
+    )
+    max_queued: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="Requests waiting for a free place, at most, across all keys; 503 beyond.",
     )
     database_url: str = Field(
         default="sqlite:///secureig.db",
@@ -149,9 +249,6 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(
         default=100, gt=0, description="Pooled connections to the upstream, at most."
     )
-    discovery_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between background refreshes of the model list."
-    )
     key_refresh_interval: float = Field(
         default=1.0,
         gt=0,
@@ -222,10 +319,41 @@ class Settings(BaseSettings):
 
     @field_validator("ollama_url")
     @classmethod
-    def _url_has_scheme(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("names no URL")
+        for url in urls:
+            _check_url(url)
+        return ",".join(urls)
+
+    @model_validator(mode="after")
+    def _one_fleet(self) -> Self:
+        if self.backends is not None and self.ollama_url is not None:
+            raise ValueError(
+                "both ollama_url (--ollama-url, SECUREIG_OLLAMA_URL) and [[backends]] are set:"
+                " give the backends one way, not both"
+            )
+        if self.backends is not None:
+            if not self.backends:
+                raise ValueError("[[backends]] is empty: name at least one backend")
+            names = [b.name for b in self.backends]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"backend names must be unique: {', '.join(twice)} repeated")
+        return self
+
+    @property
+    def fleet(self) -> list[BackendSpec]:
+        """The backends, however they were given."""
+        if self.backends is not None:
+            return [b.spec() for b in self.backends]
+        urls = (self.ollama_url or DEFAULT_OLLAMA_URL).split(",")
+        if len(urls) == 1:
+            return [BackendSpec(name="ollama", url=urls[0])]
+        return [BackendSpec(name=f"ollama-{i}", url=url) for i, url in enumerate(urls, 1)]
 
     @field_validator("usage_spool", mode="before")
     @classmethod

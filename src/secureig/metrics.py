@@ -1,12 +1,15 @@
 """Prometheus metrics: one registry per gateway, names starting with `secureig_`.
 
-Labels are bounded: a surface and an operation (never a raw path or a key), a status code, a model.
+Labels are bounded: a surface and an operation (never a raw path or a key), a status code, a model,
+a backend's configured name.
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +25,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from secureig.routing import Backend, Router
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -114,10 +120,54 @@ class _Refusals:
         yield family
 
 
+class _Backends:
+    """Per-backend series, read from the router's live state at each scrape."""
+
+    def __init__(self, router: Router, answered: Mapping[str, int]) -> None:
+        self._router = router
+        self._answered = answered
+        self.waits: dict[str, _Histogram] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        router = self._router
+        backends = router.fleet.backends
+        now = time.monotonic()
+        series = (
+            ("secureig_backend_up", "1 if the backend passed its last health check.",
+             GaugeMetricFamily, lambda b: 1 if b.up else 0),
+            ("secureig_backend_in_flight", "Inference requests holding a place on the backend.",
+             GaugeMetricFamily, lambda b: b.in_flight),
+            ("secureig_backend_queued",
+             "Requests waiting for a place that this backend could take.",
+             GaugeMetricFamily, router.queued_for),
+            ("secureig_backend_loaded_models", "Models loaded on the backend.", GaugeMetricFamily,
+             lambda b: sum(1 for until in b.loaded.values() if until > now)),
+            ("secureig_backend_requests", "Requests the backend answered.", CounterMetricFamily,
+             lambda b: self._answered.get(b.name, 0)),
+            ("secureig_backend_failovers",
+             "Requests the backend failed before answering, sent to another backend.",
+             CounterMetricFamily, lambda b: b.failovers),
+        )  # fmt: skip
+        for name, doc, kind, value in series:
+            family = kind(name, doc, labels=["backend"])
+            for backend in backends:
+                family.add_metric([backend.name], value(backend))
+            yield family
+        waits = HistogramMetricFamily(
+            "secureig_backend_queue_wait_seconds",
+            "Time requests waited for a free place on the backend.",
+            labels=["backend"],
+        )
+        for name, histogram in self.waits.items():
+            waits.add_metric([name], histogram.buckets(), histogram.total)
+        yield waits
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._backend_answers: dict[str, int] = {}
         self._per_request = _PerRequest()
         r.register(self._per_request)
         self.upstream_errors = Counter(
@@ -136,6 +186,21 @@ class Metrics:
         self.usage_dropped = Counter(
             "secureig_usage_records_dropped", "Usage records that could not be held.", registry=r
         )
+
+    def watch_backends(self, router: Router) -> None:
+        self._backends = _Backends(router, self._backend_answers)
+        self.registry.register(self._backends)
+
+    def queue_wait(self, backend: Backend, seconds: float) -> None:
+        waits = self._backends.waits
+        histogram = waits.get(backend.name)
+        if histogram is None:
+            histogram = waits[backend.name] = _Histogram()
+        histogram.observe(seconds)
+
+    def backend_answered(self, name: str) -> None:
+        answers = self._backend_answers
+        answers[name] = answers.get(name, 0) + 1
 
     def watch_connections(self, open_now: Callable[[], int], refused: Mapping[str, int]) -> None:
         """Client connections open now, and those refused by reason, read at each scrape."""

@@ -1,13 +1,9 @@
 """Policy: who is asking (keys), what they may do (scopes, models, clamps), checked in one place."""
 
-from secureig.policy.clamps import ClampPolicy
-from secureig.policy.engine import (
-    Admission,
+from secureig.errors import (
     Forbidden,
-    Gatekeeper,
     InvalidModel,
     InvalidRequest,
-    Ledger,
     LimiterDown,
     ModelNotFound,
     NoModels,
@@ -16,6 +12,8 @@ from secureig.policy.engine import (
     Unauthenticated,
     UpstreamDown,
 )
+from secureig.policy.clamps import ClampPolicy
+from secureig.policy.engine import Admission, Gatekeeper, Ledger
 from secureig.policy.keyring import BOOTSTRAP_KEY, AuthError, BootstrapPolicy, Keyring
 from secureig.policy.limits import Limiter, Limits, LocalLimiter
 from secureig.policy.operations import SPECS, Operation

@@ -11,6 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from secureig.errors import (
+    Forbidden,
+    InvalidModel,
+    InvalidRequest,
+    LimiterDown,
+    ModelNotFound,
+    NoModels,
+    TooManyRequests,
+    Unauthenticated,
+    UpstreamDown,
+)
 from secureig.names import InvalidModelName, ModelName, parse_model_name
 from secureig.policy.clamps import ClampError, ClampPolicy, ClampRefused, apply_clamps
 from secureig.policy.keyring import AuthError, Keyring
@@ -19,60 +30,9 @@ from secureig.policy.operations import SPECS, Operation, OperationSpec, Rule
 from secureig.policy.principal import Principal
 from secureig.policy.throttle import AuthThrottle
 from secureig.policy.tokens import estimate_prompt_tokens
+from secureig.routing import Fleet
 from secureig.untrusted import shown
-from secureig.upstream import ModelCatalog, TagEntry
-
-
-class Refusal(Exception):
-    """A request the policy turns away; `message` is safe to show the client."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class Unauthenticated(Refusal):
-    pass
-
-
-class Forbidden(Refusal):
-    pass
-
-
-class InvalidRequest(Refusal):
-    """The body is malformed where the policy reads it: a model name, keep_alive, options."""
-
-
-class InvalidModel(InvalidRequest):
-    pass
-
-
-class ModelNotFound(Refusal):
-    pass
-
-
-class NoModels(ModelNotFound):
-    """The upstream answers but serves no models at all."""
-
-
-class UpstreamDown(Refusal):
-    """No model list could be had: the upstream is unreachable."""
-
-
-class TooManyRequests(Refusal):
-    """A limit is reached (or the address failed authentication too often): 429."""
-
-    def __init__(
-        self, message: str, retry_after: int, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.headers = [*(headers or []), (b"retry-after", str(retry_after).encode())]
-
-
-class LimiterDown(Refusal):
-    """The shared limiter cannot be reached; keys with limits wait for it (503)."""
+from secureig.upstream import TagEntry
 
 
 @dataclass(slots=True)
@@ -147,7 +107,7 @@ class Gatekeeper:
     def __init__(
         self,
         keyring: Keyring,
-        catalog: ModelCatalog,
+        catalog: Fleet,
         clamps: ClampPolicy,
         limiter: Limiter,
         throttle: AuthThrottle,

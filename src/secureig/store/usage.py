@@ -33,7 +33,7 @@ from secureig.store.tables import UsageRow
 
 log = logging.getLogger("secureig.usage")
 
-GroupBy = Literal["key", "model", "day", "outcome"]
+GroupBy = Literal["key", "model", "backend", "day", "outcome"]
 # How a request ended. "completed": its answer went out whole, whatever its status.
 OUTCOMES = (
     "completed",
@@ -129,6 +129,7 @@ class UsageStore:
             "model": func.coalesce(UsageRow.model, "-"),
             "day": func.date(UsageRow.at),
             "outcome": func.coalesce(UsageRow.outcome, "-"),
+            "backend": func.coalesce(UsageRow.backend, "-"),
         }[by]
         query: Select[Any] = (
             select(

@@ -14,17 +14,8 @@ from typing import Any
 
 import orjson
 
-from secureig.policy import (
-    Forbidden,
-    InvalidRequest,
-    Ledger,
-    LimiterDown,
-    ModelNotFound,
-    Refusal,
-    TooManyRequests,
-    Unauthenticated,
-    UpstreamDown,
-)
+from secureig.errors import BodyTooLarge
+from secureig.policy import Ledger
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,12 +25,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXCHANGE = "secureig.exchange"
 JSON = b"application/json; charset=utf-8"
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body is larger than {limit} bytes")
-        self.limit = limit
 
 
 class ClientGone(Exception):
@@ -67,6 +52,8 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     first_byte: float | None = None  # perf_counter when the first body byte left
+    backend: str | None = None  # the backend's name, once the router picked one
+    queue_seconds: float = 0.0  # how long it waited for a free place on a backend
 
     @property
     def key_name(self) -> str | None:
@@ -153,26 +140,6 @@ async def respond(
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def refusal_status(refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """The HTTP status (and headers) of a refusal on the JSON surfaces."""
-    if isinstance(refusal, TooManyRequests):
-        return 429, refusal.headers
-    if isinstance(refusal, Unauthenticated):
-        return 401, [(b"www-authenticate", b"Bearer")]
-    status = 403
-    if isinstance(refusal, LimiterDown):
-        status = 503
-    elif isinstance(refusal, ModelNotFound):
-        status = 404
-    elif isinstance(refusal, UpstreamDown):
-        status = 502
-    elif isinstance(refusal, InvalidRequest):
-        status = 400
-    elif isinstance(refusal, Forbidden):
-        status = 403
-    return status, []
 
 
 def json_bytes(value: object) -> bytes:

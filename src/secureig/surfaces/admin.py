@@ -15,14 +15,15 @@ from pydantic import BaseModel, Field
 
 from secureig.credentials import parse_scopes
 from secureig.durations import parse_duration
+from secureig.errors import GatewayError
 from secureig.names import MAX_NAME_LENGTH, InvalidModelName
-from secureig.policy import Gatekeeper, Operation, Principal, Refusal
+from secureig.policy import Gatekeeper, Operation, Principal
+from secureig.routing import Router
 from secureig.store import UNCHANGED, KeyLimits, KeyRecord, KeyStore, KeyStoreError
 from secureig.store.keystore import LIMIT_MAXIMA, MAX_PATTERNS, KeyExists, KeyNotFound
 from secureig.store.usage import UsageStore
 from secureig.surfaces._asgi import (
     ASGIApp,
-    BodyTooLarge,
     ClientGone,
     Message,
     Receive,
@@ -32,11 +33,9 @@ from secureig.surfaces._asgi import (
     client_address,
     exchange_of,
     read_body,
-    refusal_status,
     respond_json,
 )
 from secureig.untrusted import shown
-from secureig.upstream import ModelCatalog
 
 
 class AdminError(HTTPException):
@@ -153,17 +152,9 @@ class AdminGate:
         try:
             principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
             await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
-        except Refusal as refusal:
-            status, headers = refusal_status(refusal)
-            await respond_json(send, status, {"error": refusal.message}, headers)
-            return
-        try:
             body = await read_body(scope, receive, self._limit)
-        except BodyTooLarge as exc:
-            await respond_json(
-                send, 413, {"error": f"request body is larger than {exc.limit} bytes"},
-                [(b"connection", b"close")],
-            )  # fmt: skip
+        except GatewayError as exc:
+            await respond_json(send, exc.status, {"error": exc.message}, exc.headers)
             return
         except ClientGone:
             ex.status, ex.outcome = 499, "client-disconnected"
@@ -182,8 +173,10 @@ class AdminGate:
 
 
 def admin_router(
-    gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, catalog: ModelCatalog
+    gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, router: Router
 ) -> APIRouter:
+    catalog = router.fleet
+
     async def admin(request: Request) -> Principal:
         """The principal AdminGate admitted; refused here too, should a route ever be reached
         around the gate."""
@@ -195,14 +188,14 @@ def admin_router(
         return principal
 
     Admin = Annotated[Principal, Depends(admin)]
-    router = APIRouter(prefix="/admin", tags=["admin"])
+    api = APIRouter(prefix="/admin", tags=["admin"])
 
-    @router.get("/keys")
+    @api.get("/keys")
     async def list_keys(_: Admin, include_revoked: bool = False) -> list[KeyOut]:
         """Every key (never a secret)."""
         return [KeyOut.of(r) for r in await keys.list(include_revoked=include_revoked)]
 
-    @router.post("/keys", status_code=201)
+    @api.post("/keys", status_code=201)
     async def create_key(_: Admin, body: KeyCreate) -> KeyWithSecret:
         """Create a key; its secret is in this answer only."""
         try:
@@ -222,7 +215,7 @@ def admin_router(
             raise AdminError(404, f"no live key named {shown(name, 64)}")
         return record
 
-    @router.patch("/keys/{name}")
+    @api.patch("/keys/{name}")
     async def update_key(_: Admin, name: str, body: KeyUpdate) -> KeyOut:
         """Change scopes, models, expiry or limits; the secret stays."""
         current = await _live(name)
@@ -243,7 +236,7 @@ def admin_router(
             raise AdminError(400, _message(exc)) from None
         return KeyOut.of(record)
 
-    @router.delete("/keys/{name}")
+    @api.delete("/keys/{name}")
     async def revoke_key(_: Admin, name: str) -> KeyOut:
         """Revoke a key; every replica refuses it within 2 seconds."""
         try:
@@ -251,7 +244,7 @@ def admin_router(
         except KeyNotFound as exc:
             raise AdminError(404, str(exc)) from None
 
-    @router.post("/keys/{name}/rotate")
+    @api.post("/keys/{name}/rotate")
     async def rotate_key(_: Admin, name: str) -> KeyWithSecret:
         """A new secret for the key, in this answer only; the old one stops working."""
         try:
@@ -260,15 +253,16 @@ def admin_router(
             raise AdminError(404, str(exc)) from None
         return KeyWithSecret(key=KeyOut.of(record), secret=secret)
 
-    @router.get("/usage")
+    @api.get("/usage")
     async def usage_totals(
         _: Admin,
-        by: Literal["key", "model", "day", "outcome"] = "key",
+        by: Literal["key", "model", "backend", "day", "outcome"] = "key",
         since: Annotated[str, Query(max_length=32, description="12h, 7d, 30d")] = "7d",
         key: Annotated[str | None, Query(max_length=64)] = None,
         model: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
     ) -> list[UsageOut]:
-        """Requests and tokens per key, model, day or outcome, as `secureig usage` prints them."""
+        """Requests and tokens per key, model, backend, day or outcome, as `secureig usage` prints
+        them."""
         try:
             start = datetime.now(UTC) - parse_duration(since)
         except ValueError as exc:
@@ -276,18 +270,26 @@ def admin_router(
         totals = await usage.totals(by=by, since=start, key=key, model=model)
         return [UsageOut(**asdict(t), total_tokens=t.total_tokens) for t in totals]
 
-    @router.get("/models")
+    @api.get("/models")
     async def models(_: Admin) -> dict[str, Any]:
-        """What discovery found upstream, refreshed now."""
+        """The catalogue, every backend's models together, refreshed now."""
         state = await catalog.refresh()
         return {
-            "upstream": catalog.client.address,
             "status": "up" if state.up else "down",
             "error": state.error,
             "models": sorted(entry.name for entry in state.models.values()),
+            "backends": {
+                b.name: sorted(e.name for e in b.models.values()) for b in catalog.backends
+            },
         }
 
-    return router
+    @api.get("/backends")
+    async def backends(_: Admin) -> list[dict[str, Any]]:
+        """Each backend: kind, state and why, models, loaded models, requests in flight and
+        queued, as `secureig backends` prints them."""
+        return [asdict(report) for report in router.report()]
+
+    return api
 
 
 def _message(exc: Exception) -> str:

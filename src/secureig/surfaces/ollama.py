@@ -13,18 +13,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from secureig.policy import (
-    SPECS,
+from secureig.errors import (
+    BodyTooLarge,
     Forbidden,
-    Gatekeeper,
-    Operation,
-    Principal,
-    Refusal,
+    GatewayError,
+    MethodNotAllowed,
+    RequestError,
+    RouteNotFound,
+    UpstreamError,
+    UpstreamStatusError,
 )
+from secureig.policy import SPECS, Gatekeeper, Operation, Principal
 from secureig.surfaces._asgi import (
     JSON,
-    BodyTooLarge,
-    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
@@ -37,16 +38,11 @@ from secureig.surfaces._asgi import (
     json_bytes,
     parse_json,
     read_body,
-    refusal_status,
     respond,
     respond_json,
 )
-from secureig.upstream import (
-    OllamaClient,
-    RawResponse,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from secureig.surfaces._forward import Forwarder, Target
+from secureig.upstream import RawResponse
 
 NDJSON = b"application/x-ndjson"
 
@@ -72,52 +68,32 @@ _NEVER_EXACT = frozenset({"/api/me", "/api/signout"})
 _NEVER_PREFIXES = ("/api/user/keys/", "/api/experimental/")
 
 
-class NativeError(Exception):
-    def __init__(
-        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-def _refusal_error(refusal: Refusal) -> NativeError:
-    status, headers = refusal_status(refusal)
-    return NativeError(status, refusal.message, headers)
-
-
-def _upstream_error(error: UpstreamError) -> NativeError:
-    return NativeError(504 if isinstance(error, UpstreamTimeout) else 502, str(error))
-
-
 def classify(method: str, path: str) -> Operation | None:
-    """The operation for a route; raises NativeError for routes that are not served."""
+    """The operation for a route, None for one never forwarded; raises for routes not served."""
     methods = ROUTES.get(path)
     if methods is None and path.startswith("/api/blobs/"):
         if not _DIGEST.fullmatch(path.removeprefix("/api/blobs/")):
-            raise NativeError(400, "invalid digest: expected sha256:<64 hex digits>")
+            raise RequestError("invalid digest: expected sha256:<64 hex digits>")
         methods = _BLOBS
     if methods is None:
         if path in _NEVER_EXACT or path.startswith(_NEVER_PREFIXES):
             return None
-        raise NativeError(404, f"{path} is not a route the gateway serves")
+        raise RouteNotFound(f"{path} is not a route the gateway serves")
     operation = methods.get(method)
     if operation is None:
-        allow = ", ".join(sorted(methods)).encode()
-        raise NativeError(405, f"method {method} not allowed", [(b"allow", allow)])
+        raise MethodNotAllowed(f"method {method} not allowed", ", ".join(sorted(methods)))
     return operation
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
-        raise NativeError(400, "missing request body")
+        raise RequestError("missing request body")
     try:
         value = parse_json(body)
     except ValueError as exc:
-        raise NativeError(400, f"invalid JSON: {exc}") from None
+        raise RequestError(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise NativeError(400, "the request body must be a JSON object")
+        raise RequestError("the request body must be a JSON object")
     return value
 
 
@@ -125,10 +101,10 @@ class OllamaSurface:
     """The ASGI callable behind `/api/*`."""
 
     def __init__(
-        self, gatekeeper: Gatekeeper, client: OllamaClient, max_body_bytes: int, max_blob_bytes: int
+        self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int, max_blob_bytes: int
     ) -> None:
         self._gate = gatekeeper
-        self._client = client
+        self._forwarder = forwarder
         self._limit = max_body_bytes
         self._blob_limit = max_blob_bytes
         self._background: set[asyncio.Task[Any]] = set()
@@ -137,10 +113,7 @@ class OllamaSurface:
         exchange = exchange_of(scope)
         try:
             await self._handle(scope, receive, send, exchange)
-        except NativeError as exc:
-            if exc.status == 413:
-                # An oversized upload is not drained for keep-alive: the connection closes.
-                exc.headers = [*(exc.headers or []), (b"connection", b"close")]
+        except GatewayError as exc:
             await respond_json(send, exc.status, {"error": exc.message}, exc.headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
@@ -150,38 +123,53 @@ class OllamaSurface:
         ex.surface = "ollama"
         operation = classify(method, path)
         ex.route = operation.value if operation is not None else "never-forwarded"
-        try:
-            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
-            if operation is None:
-                raise Forbidden(
-                    f"{path} acts on the Ollama server's ollama.com account;"
-                    " the gateway never forwards it"
-                )
-            self._gate.check_scope(principal, operation)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        if operation is None:
+            raise Forbidden(
+                f"{path} acts on the Ollama server's ollama.com account;"
+                " the gateway never forwards it"
+            )
+        self._gate.check_scope(principal, operation)
 
         if operation is Operation.BLOB_UPLOAD:
             await self._upload(scope, receive, send, ex, principal, path)
             return
         data: dict[str, Any] | None = None
         if method in ("POST", "DELETE"):
-            try:
-                data = parse_object(await read_body(scope, receive, self._limit))
-            except BodyTooLarge as exc:
-                raise NativeError(413, f"request body is larger than {exc.limit} bytes") from None
-        try:
-            admission = await self._gate.admit(principal, operation, ex.ledger, data)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+            data = parse_object(await read_body(scope, receive, self._limit))
+        admission = await self._gate.admit(principal, operation, ex.ledger, data)
         ex.model = admission.model or ex.model
 
         if operation in (Operation.LIST_MODELS, Operation.RUNNING):
             await self._listing(send, ex, principal, path, head=method == "HEAD")
             return
-        payload = json_bytes(data) if data is not None else None
-        await self._forward(receive, send, ex, method, path, payload)
-        if SPECS[operation].mutates and 200 <= ex.status < 300:
+        forwarder = self._forwarder
+        spec = SPECS[operation]
+        if spec.inference:
+            assert data is not None
+            requested = str(data.get("model") or "")
+            call = forwarder.inference(
+                admission, path, data, requested, forwarder.pinned(scope, principal)
+            )
+        elif operation in _MANAGEMENT:
+            payload = json_bytes(data) if data is not None else None
+            call = forwarder.management(scope, principal, method, path, payload)
+        else:
+            payload = json_bytes(data) if data is not None else None
+            target = Target.MODEL if admission.models else Target.ANY
+            key = admission.models[0].key if admission.models else None
+            call = forwarder.call(method, path, payload, target, ex.model or "", key)
+        started = time.perf_counter()
+        async with forwarder.open(receive, ex, call) as raw:
+            if raw.content_type.startswith("application/x-ndjson"):
+                await self._stream(raw, send, ex, started)
+            else:
+                body = b"" if method == "HEAD" else await raw.read()
+                ex.upstream_seconds = time.perf_counter() - started
+                _count_tokens(ex, body)
+                content_type = raw.content_type.encode() or JSON
+                await respond(send, raw.status, body, content_type)
+        if spec.mutates and 200 <= ex.status < 300:
             self._rediscover()
 
     def _rediscover(self) -> None:
@@ -193,63 +181,40 @@ class OllamaSurface:
     async def _listing(
         self, send: Send, ex: Exchange, principal: Principal, path: str, head: bool
     ) -> None:
-        """`/api/tags` and `/api/ps`, showing only the models this key may use."""
+        """`/api/tags` and `/api/ps` across the fleet, showing only the models this key may use."""
         started = time.perf_counter()
-        try:
-            async with self._client.request("GET", path) as raw:
-                body = await raw.read()
-                status = raw.status
-        except UpstreamError as exc:
-            raise _upstream_error(exc) from None
+        answers = await self._forwarder.gather(path)
         ex.upstream_seconds = time.perf_counter() - started
-        if status >= 400:
-            raise NativeError(status, _message_of(body))
-        if not principal.is_admin:
+        good = [(backend, body) for backend, status, body in answers if status < 400]
+        if not good:
+            _, status, body = answers[0]
+            raise UpstreamStatusError(status, _message_of(body))
+        if len(good) == 1 and principal.is_admin:
+            body = good[0][1]  # one backend, nothing to hide: its answer as it came
+        else:
             try:
-                listing = parse_json(body)
-                listing["models"] = [
-                    m
-                    for m in listing.get("models") or []
-                    if self._gate.visible(principal, str(m.get("name") or m.get("model") or ""))
-                ]
+                models: list[Any] = []
+                seen: set[str] = set()
+                for _, answer in good:
+                    for m in parse_json(answer).get("models") or []:
+                        name = str(m.get("name") or m.get("model") or "")
+                        if name in seen or not (
+                            principal.is_admin or self._gate.visible(principal, name)
+                        ):
+                            continue
+                        seen.add(name)
+                        models.append(m)
             except (ValueError, AttributeError, TypeError):
-                raise NativeError(
-                    502, "upstream sent a model list the gateway cannot read"
-                ) from None
-            body = json_bytes(listing)
+                raise UpstreamError("upstream sent a model list the gateway cannot read") from None
+            body = json_bytes({"models": models})
         await respond(send, 200, b"" if head else body, JSON)
-
-    async def _forward(
-        self,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        method: str,
-        path: str,
-        payload: bytes | None,
-    ) -> None:
-        started = time.perf_counter()
-        async with CancelOnDisconnect(receive, ex):
-            try:
-                async with self._client.request(method, path, payload) as raw:
-                    ex.upstream_seconds = raw.waited
-                    if raw.status >= 400:
-                        raise NativeError(raw.status, await raw.error_message())
-                    if raw.content_type.startswith("application/x-ndjson"):
-                        await self._stream(raw, send, ex, started)
-                    else:
-                        body = b"" if method == "HEAD" else await raw.read()
-                        ex.upstream_seconds = time.perf_counter() - started
-                        _count_tokens(ex, body)
-                        content_type = raw.content_type.encode() or JSON
-                        await respond(send, raw.status, body, content_type)
-            except UpstreamError as exc:
-                raise _upstream_error(exc) from None
 
     async def _stream(self, raw: RawResponse, send: Send, ex: Exchange, started: float) -> None:
         """Forward whole NDJSON lines as they arrive; a failure becomes a last `{"error"}` line."""
-        lines = await raw.next_lines()
-        ex.upstream_seconds = time.perf_counter() - started
+        try:
+            lines = await raw.next_lines()
+        finally:
+            ex.upstream_seconds = time.perf_counter() - started
         await send(
             {
                 "type": "http.response.start",
@@ -268,7 +233,7 @@ class OllamaSurface:
         except UpstreamError as exc:
             # A partial line would break every client's JSON parser: drop it, say what happened.
             ex.outcome = "upstream-failed-mid-stream"
-            line = json_bytes({"error": str(exc)}) + b"\n"
+            line = json_bytes({"error": exc.message}) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
             return
         # Only the final line carries the counts; the lines before it pass through unparsed.
@@ -285,14 +250,11 @@ class OllamaSurface:
         path: str,
     ) -> None:
         """`POST /api/blobs/:digest`: the body streams through, never held whole."""
-        try:
-            await self._gate.admit(principal, Operation.BLOB_UPLOAD, ex.ledger)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+        await self._gate.admit(principal, Operation.BLOB_UPLOAD, ex.ledger)
         declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._blob_limit:
-            raise NativeError(413, f"blob is larger than {self._blob_limit} bytes")
         limit = self._blob_limit
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(limit, "blob")
         too_large = False
 
         async def body() -> AsyncIterator[bytes]:
@@ -307,23 +269,28 @@ class OllamaSurface:
                 ex.bytes_in = size
                 if size > limit:
                     too_large = True
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, "blob")
                 if chunk:
                     yield chunk
                 if not message.get("more_body", False):
                     return
 
+        call = self._forwarder.management(scope, principal, "POST", path, body())
         try:
-            async with self._client.request("POST", path, body()) as raw:
-                ex.upstream_seconds = raw.waited
-                if raw.status >= 400:
-                    raise NativeError(raw.status, await raw.error_message())
+            async with self._forwarder.open(receive, ex, call) as raw:
                 answer = await raw.read()
                 await respond(send, raw.status, answer, raw.content_type.encode() or b"text/plain")
-        except UpstreamError as exc:
+        except UpstreamError:
             if too_large:
-                raise NativeError(413, f"blob is larger than {limit} bytes") from None
-            raise _upstream_error(exc) from None
+                raise BodyTooLarge(limit, "blob") from None
+            raise
+
+
+# What acts on one backend's models: sent where the operator says, and never retried.
+_MANAGEMENT = frozenset({
+    Operation.PULL, Operation.PUSH, Operation.CREATE, Operation.COPY, Operation.DELETE,
+    Operation.BLOB_CHECK, Operation.BLOB_UPLOAD,
+})  # fmt: skip
 
 
 def _count_tokens(ex: Exchange, line: bytes) -> None:

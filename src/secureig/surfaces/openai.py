@@ -10,22 +10,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from secureig.policy import (
-    Forbidden,
-    Gatekeeper,
-    InvalidRequest,
-    LimiterDown,
+from secureig.errors import (
+    GatewayError,
+    Headers,
+    MethodNotAllowed,
     ModelNotFound,
-    Operation,
-    Principal,
-    Refusal,
+    RequestError,
+    RouteNotFound,
     TooManyRequests,
-    Unauthenticated,
-    UpstreamDown,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamStreamError,
 )
+from secureig.policy import Gatekeeper, Operation, Principal
 from secureig.surfaces._asgi import (
-    BodyTooLarge,
-    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
@@ -38,6 +36,7 @@ from secureig.surfaces._asgi import (
     read_body,
     respond_json,
 )
+from secureig.surfaces._forward import Forwarder
 from secureig.translate import (
     SSE_DONE,
     ChatPlan,
@@ -58,14 +57,7 @@ from secureig.translate import (
     new_id,
     sse,
 )
-from secureig.upstream import (
-    NDJSONStream,
-    OllamaClient,
-    UpstreamError,
-    UpstreamStatusError,
-    UpstreamStreamError,
-    UpstreamTimeout,
-)
+from secureig.upstream import NDJSONStream
 
 _POST_ROUTES = {
     "/v1/chat/completions": Operation.CHAT,
@@ -85,143 +77,90 @@ _SSE_HEADERS = [
 ]
 
 
-class OpenAIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = error_body(message, type, param=param, code=code)
-        self.headers = headers
+_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+    429: "rate_limit_error",
+}  # fmt: skip
 
 
-def _refusal_error(refusal: Refusal) -> OpenAIError:
-    if isinstance(refusal, TooManyRequests):
-        return OpenAIError(
-            429, refusal.message, "rate_limit_error", code="rate_limit_exceeded",
-            headers=refusal.headers,
-        )  # fmt: skip
-    if isinstance(refusal, LimiterDown):
-        return OpenAIError(503, refusal.message, "api_error")
-    if isinstance(refusal, Unauthenticated):
-        return OpenAIError(
-            401, refusal.message, "authentication_error", code="invalid_api_key",
-            headers=[(b"www-authenticate", b"Bearer")],
-        )  # fmt: skip
-    if isinstance(refusal, Forbidden):
-        return OpenAIError(403, refusal.message, "permission_error", param=refusal.param)
-    if isinstance(refusal, ModelNotFound):
-        return OpenAIError(
-            404, refusal.message, "invalid_request_error", param="model", code="model_not_found"
-        )
-    if isinstance(refusal, UpstreamDown):
-        return OpenAIError(502, refusal.message, "api_error")
-    if isinstance(refusal, InvalidRequest):
-        return OpenAIError(400, refusal.message, "invalid_request_error", param=refusal.param)
-    return OpenAIError(403, refusal.message, "permission_error")
-
-
-def _upstream_error(error: UpstreamError, model: str) -> OpenAIError:
+def render(error: GatewayError) -> tuple[int, dict[str, Any], Headers]:
+    """OpenAI's envelope for an error, with the type (and code) its SDK tells errors apart by."""
+    status, code, param, message = error.status, None, error.param, error.message
     if isinstance(error, UpstreamStatusError):
-        if error.status == 404:
-            return OpenAIError(
-                404, f"model {model!r} not found", "invalid_request_error",
-                param="model", code="model_not_found",
-            )  # fmt: skip
-        if error.status == 400:
-            return OpenAIError(400, error.message, "invalid_request_error")
-        if error.status == 429:
-            return OpenAIError(429, error.message, "rate_limit_error")
-        return OpenAIError(error.status if error.status >= 500 else 502, error.message, "api_error")
-    if isinstance(error, UpstreamTimeout):
-        return OpenAIError(504, str(error), "api_error")
-    return OpenAIError(502, str(error), "api_error")
+        if status == 404:
+            message, param, code = f"model {error.model!r} not found", "model", "model_not_found"
+        elif status not in (400, 429) and status < 500:
+            status = 502
+    elif isinstance(error, ModelNotFound):
+        param, code = "model", "model_not_found"
+    elif isinstance(error, TooManyRequests):
+        code = "rate_limit_exceeded"
+    elif status == 401:
+        code = "invalid_api_key"
+    return (
+        status,
+        error_body(message, _TYPES.get(status, "api_error"), param=param, code=code),
+        (error.headers),
+    )
 
 
 def _parse(body: bytes) -> object:
     if not body.strip():
-        raise OpenAIError(400, "missing request body", "invalid_request_error")
+        raise RequestError("missing request body")
     try:
         return parse_json(body)
     except ValueError as exc:
-        raise OpenAIError(
-            400, f"We could not parse the JSON body of your request: {exc}", "invalid_request_error"
-        ) from None
+        raise RequestError(f"We could not parse the JSON body of your request: {exc}") from None
 
 
 class OpenAISurface:
     """The ASGI callable behind `/v1/*`."""
 
-    def __init__(self, gatekeeper: Gatekeeper, client: OllamaClient, max_body_bytes: int) -> None:
+    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
         self._gate = gatekeeper
-        self._client = client
+        self._forwarder = forwarder
         self._limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = exchange_of(scope)
         try:
             await self._handle(scope, receive, send, exchange)
-        except OpenAIError as exc:
-            headers = exc.headers
-            if exc.status == 413:
-                headers = [*(headers or []), (b"connection", b"close")]
-            await respond_json(send, exc.status, exc.body, headers)
+        except GatewayError as exc:
+            status, body, headers = render(exc)
+            await respond_json(send, status, body, headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
 
     def _classify(self, method: str, path: str) -> tuple[Operation, str | None]:
         if path in _POST_ROUTES:
             if method != "POST":
-                raise OpenAIError(
-                    405, f"Method {method} not allowed on {path}", "invalid_request_error",
-                    headers=[(b"allow", b"POST")],
-                )  # fmt: skip
+                raise MethodNotAllowed(f"Method {method} not allowed on {path}", "POST")
             return _POST_ROUTES[path], None
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method not in ("GET", "HEAD"):
-                raise OpenAIError(
-                    405, f"Method {method} not allowed on {path}", "invalid_request_error",
-                    headers=[(b"allow", b"GET, HEAD")],
-                )  # fmt: skip
+                raise MethodNotAllowed(f"Method {method} not allowed on {path}", "GET, HEAD")
             if path == "/v1/models":
                 return Operation.LIST_MODELS, None
             # Names may contain "/" (namespaces, hf.co/...): everything after the prefix.
             return Operation.SHOW, path.removeprefix("/v1/models/")
-        raise OpenAIError(404, f"Invalid URL ({method} {path})", "invalid_request_error")
+        raise RouteNotFound(f"Invalid URL ({method} {path})")
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         ex.surface = "openai"
         operation, model_in_path = self._classify(scope["method"], scope["path"])
         ex.route = operation.value
-        try:
-            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
-            self._gate.check_scope(principal, operation)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        self._gate.check_scope(principal, operation)
 
         if operation is Operation.LIST_MODELS:
-            try:
-                await self._gate.admit(principal, operation, ex.ledger)
-            except Refusal as refusal:
-                raise _refusal_error(refusal) from None
+            await self._gate.admit(principal, operation, ex.ledger)
             await self._models(send, ex, principal)
             return
         if operation is Operation.SHOW:
             await self._model(send, ex, principal, model_in_path or "")
             return
-        try:
-            body = _parse(await read_body(scope, receive, self._limit))
-        except BodyTooLarge as exc:
-            raise OpenAIError(
-                413, f"Request body is larger than {exc.limit} bytes", "invalid_request_error"
-            ) from None
+        body = _parse(await read_body(scope, receive, self._limit))
         plan: Plan
         try:
             if operation is Operation.CHAT:
@@ -231,27 +170,24 @@ class OpenAISurface:
             else:
                 plan = embeddings_request(body)
         except TranslationError as exc:
-            raise OpenAIError(400, exc.message, "invalid_request_error", param=exc.param) from None
-        try:
-            admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+            raise RequestError(exc.message, exc.param) from None
+        admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
         ex.model = admission.model
 
+        forwarder = self._forwarder
+        call = forwarder.inference(
+            admission, _NATIVE_PATH[operation], plan.native, plan.model,
+            forwarder.pinned(scope, principal),
+        )  # fmt: skip
         started = time.perf_counter()
-        async with CancelOnDisconnect(receive, ex):
-            try:
-                path = _NATIVE_PATH[operation]
-                async with self._client.stream(path, plan.native) as (upstream, waited):
-                    ex.upstream_seconds = waited
-                    if isinstance(plan, EmbeddingsPlan):
-                        await self._embeddings(upstream, send, ex, plan, started)
-                    elif plan.stream:
-                        await self._stream(upstream, send, ex, operation, plan, started)
-                    else:
-                        await self._complete(upstream, send, ex, operation, plan, started)
-            except UpstreamError as exc:  # before any byte left: _stream reports its own
-                raise _upstream_error(exc, plan.model) from None
+        async with forwarder.open(receive, ex, call) as raw:
+            upstream = NDJSONStream(raw)
+            if isinstance(plan, EmbeddingsPlan):
+                await self._embeddings(upstream, send, ex, plan, started)
+            elif plan.stream:
+                await self._stream(upstream, send, ex, operation, plan, started)
+            else:
+                await self._complete(upstream, send, ex, operation, plan, started)
 
     async def _single(self, upstream: NDJSONStream, ex: Exchange) -> dict[str, Any]:
         """A non-streamed native answer: one JSON object (the last, should there be several)."""
@@ -322,7 +258,7 @@ class OpenAISurface:
                 line = await anext(lines, None)
         except UpstreamError as exc:
             ex.outcome = "upstream-failed-mid-stream"
-            event = sse(error_body(str(exc), "server_error"))
+            event = sse(error_body(exc.message, "server_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
         if translator.usage is not None:
@@ -343,7 +279,7 @@ class OpenAISurface:
         state = await self._gate.catalog.refresh()
         ex.upstream_seconds = time.perf_counter() - started
         if not state.up:
-            raise OpenAIError(502, f"no models available: {state.error}", "api_error")
+            raise UpstreamError(f"no models available: {state.error}")
         entries = sorted(state.models.values(), key=lambda e: e.modified_at, reverse=True)
         visible = [
             (e.name, e.modified_at) for e in entries if self._gate.visible(principal, e.name)
@@ -351,12 +287,7 @@ class OpenAISurface:
         await respond_json(send, 200, models_list(visible))
 
     async def _model(self, send: Send, ex: Exchange, principal: Principal, model: str) -> None:
-        try:
-            admission = await self._gate.admit(
-                principal, Operation.SHOW, ex.ledger, {"model": model}
-            )
-            entry = await self._gate.locate(admission.models[0], model)
-            ex.model = admission.model
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+        admission = await self._gate.admit(principal, Operation.SHOW, ex.ledger, {"model": model})
+        entry = await self._gate.locate(admission.models[0], model)
+        ex.model = admission.model
         await respond_json(send, 200, model_object(model, entry.modified_at))

@@ -17,7 +17,6 @@ from secureig.surfaces._asgi import (
     api_key,
     client_address,
     exchange_of,
-    refusal_status,
     respond,
     respond_json,
 )
@@ -77,8 +76,8 @@ class MetricsEndpoint:
                 )
                 await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
             except Refusal as refusal:
-                status, headers = refusal_status(refusal)
-                await respond_json(send, status, {"error": refusal.message}, headers)
+                error = {"error": refusal.message}
+                await respond_json(send, refusal.status, error, refusal.headers)
                 return
         body = b"" if scope["method"] == "HEAD" else self._render()
         await respond(send, 200, body, CONTENT_TYPE_LATEST.encode())

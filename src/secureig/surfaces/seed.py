@@ -12,23 +12,29 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from secureig.policy import (
+from secureig.errors import (
+    BodyTooLarge,
     Forbidden,
-    Gatekeeper,
+    GatewayError,
+    Headers,
     InvalidModel,
     InvalidRequest,
     LimiterDown,
     ModelNotFound,
     NoModels,
-    Operation,
-    Refusal,
+    RequestError,
     TooManyRequests,
     Unauthenticated,
+    UpstreamBusy,
     UpstreamDown,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    UpstreamUnavailable,
 )
+from secureig.policy import Gatekeeper, Operation
 from secureig.surfaces._asgi import (
-    BodyTooLarge,
-    CancelOnDisconnect,
     ClientGone,
     Exchange,
     Receive,
@@ -41,15 +47,8 @@ from secureig.surfaces._asgi import (
     read_body,
     respond,
 )
-from secureig.upstream import (
-    NDJSONStream,
-    OllamaClient,
-    UpstreamError,
-    UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamTooLarge,
-    UpstreamUnavailable,
-)
+from secureig.surfaces._forward import Forwarder
+from secureig.upstream import NDJSONStream
 
 TEXT = b"text/plain; charset=utf-8"
 
@@ -65,46 +64,43 @@ class SeedRequest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Ollama model options.")
 
 
-class SeedError(Exception):
-    def __init__(
-        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-def _refusal_error(refusal: Refusal) -> SeedError:
-    if isinstance(refusal, TooManyRequests):
-        return SeedError(429, f"Too many requests: {refusal.message}", refusal.headers)
-    if isinstance(refusal, LimiterDown):
-        return SeedError(503, f"Service unavailable: {refusal.message}")
-    if isinstance(refusal, Unauthenticated):
-        return SeedError(403, f"Unauthorized access: {refusal.message}")
-    if isinstance(refusal, Forbidden):
-        return SeedError(403, f"Forbidden: {refusal.message}")
-    if isinstance(refusal, UpstreamDown | NoModels):
-        return SeedError(403, refusal.message[:1].upper() + refusal.message[1:])
-    if isinstance(refusal, ModelNotFound | InvalidModel):
-        return SeedError(403, f"Model not available: {refusal.message}")
-    if isinstance(refusal, InvalidRequest):
-        return SeedError(422, f"Invalid request body: {refusal.message}")
-    return SeedError(403, refusal.message)
-
-
-def _upstream_error(error: UpstreamError, model: str) -> SeedError:
+def render(error: GatewayError) -> tuple[int, str, Headers]:
+    """The seed's plain-text answer for an error: its own statuses (403 for most refusals and for
+    an upstream that cannot serve) and its own words."""
+    if isinstance(error, RequestError):
+        if isinstance(error, BodyTooLarge):
+            return 413, f"Request body too large: the limit is {error.limit} bytes", error.headers
+        return error.status, error.message, error.headers
+    if isinstance(error, TooManyRequests):
+        return 429, f"Too many requests: {error.message}", error.headers
+    if isinstance(error, LimiterDown):
+        return 503, f"Service unavailable: {error.message}", []
+    if isinstance(error, Unauthenticated):
+        return 403, f"Unauthorized access: {error.message}", []
+    if isinstance(error, Forbidden):
+        return 403, f"Forbidden: {error.message}", []
+    if isinstance(error, UpstreamDown | NoModels):
+        return 403, error.message[:1].upper() + error.message[1:], []
+    if isinstance(error, ModelNotFound | InvalidModel):
+        return 403, f"Model not available: {error.message}", []
+    if isinstance(error, InvalidRequest):
+        return 422, f"Invalid request body: {error.message}", []
+    if isinstance(error, UpstreamBusy):
+        return 503, f"Upstream busy: {error.message}", error.headers
     if isinstance(error, UpstreamStatusError):
+        model = error.model
         if error.status == 404:
-            return SeedError(403, f"Model not available: model {model!r} not found")
+            return 403, f"Model not available: model {model!r} not found", []
         if error.status in (429, 503):
-            return SeedError(error.status, f"Upstream busy: {error.message}")
-        return SeedError(403, f"Model {model!r} cannot be served: {error.message}")
+            return error.status, f"Upstream busy: {error.message}", []
+        return 403, f"Model {model!r} cannot be served: {error.message}", []
     if isinstance(error, UpstreamUnavailable):
-        return SeedError(403, f"No models available: {error}")
+        return 403, f"No models available: {error.message}", []
     if isinstance(error, UpstreamTimeout):
-        return SeedError(504, f"Upstream timed out: {error}")
-    return SeedError(502, f"Upstream failed: {error}")
+        return 504, f"Upstream timed out: {error.message}", []
+    if isinstance(error, UpstreamError):
+        return 502, f"Upstream failed: {error.message}", []
+    return 403, error.message, []
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -117,19 +113,21 @@ def _validation_message(error: ValidationError) -> str:
 
 def parse(body: bytes) -> SeedRequest:
     if not body.strip():
-        raise SeedError(422, 'Invalid request body: expected JSON {"model": ..., "request": ...}')
+        raise RequestError(
+            'Invalid request body: expected JSON {"model": ..., "request": ...}', status=422
+        )
     try:
         return SeedRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise SeedError(422, _validation_message(exc)) from None
+        raise RequestError(_validation_message(exc), status=422) from None
 
 
 class SeedSurface:
     """The ASGI callable behind `/request`."""
 
-    def __init__(self, gatekeeper: Gatekeeper, client: OllamaClient, max_body_bytes: int) -> None:
+    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
         self._gate = gatekeeper
-        self._client = client
+        self._forwarder = forwarder
         self._limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,26 +138,17 @@ class SeedSurface:
             return
         try:
             await self._handle(scope, receive, send, exchange)
-        except SeedError as exc:
-            # An oversized upload is not drained for keep-alive: the connection closes instead.
-            extra = [(b"connection", b"close")] if exc.status == 413 else exc.headers
-            await respond(send, exc.status, exc.message.encode(), TEXT, extra)
+        except GatewayError as exc:
+            status, message, headers = render(exc)
+            await respond(send, status, message.encode(), TEXT, headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
-        try:
-            # Key and scope are checked before the body is read: a stranger's upload costs nothing.
-            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
-            self._gate.check_scope(principal, Operation.GENERATE)
-            body = await read_body(scope, receive, self._limit)
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
-        except BodyTooLarge as exc:
-            raise SeedError(
-                413, f"Request body too large: the limit is {exc.limit} bytes"
-            ) from None
-        seed = parse(body)
+        # Key and scope are checked before the body is read: a stranger's upload costs nothing.
+        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        self._gate.check_scope(principal, Operation.GENERATE)
+        seed = parse(await read_body(scope, receive, self._limit))
         upstream_body: dict[str, Any] = {
             "model": seed.model,
             "prompt": seed.request,
@@ -167,39 +156,33 @@ class SeedSurface:
         }
         if seed.options:
             upstream_body["options"] = seed.options
-        try:
-            admission = await self._gate.admit(
-                principal, Operation.GENERATE, ex.ledger, upstream_body
-            )
-        except Refusal as refusal:
-            raise _refusal_error(refusal) from None
+        admission = await self._gate.admit(principal, Operation.GENERATE, ex.ledger, upstream_body)
         assert admission.upstream is not None
         upstream_body["model"] = admission.upstream.name
         ex.model = admission.model
-
+        pinned = self._forwarder.pinned(scope, principal)
+        call = self._forwarder.inference(
+            admission, "/api/generate", upstream_body, seed.model, pinned
+        )
         started = time.perf_counter()
-        async with CancelOnDisconnect(receive, ex):
+        async with self._forwarder.open(receive, ex, call) as raw:
+            upstream = NDJSONStream(raw)
             try:
-                async with self._client.stream("/api/generate", upstream_body) as (
-                    upstream,
-                    waited,
-                ):
-                    ex.upstream_seconds = waited
-                    if seed.stream:
-                        await self._stream(upstream, send, ex, started)
-                    else:
-                        await self._collect(upstream, send, ex, started)
+                if seed.stream:
+                    await self._stream(upstream, send, ex, started)
+                else:
+                    await self._collect(upstream, send, ex, started)
             except UpstreamError as exc:
                 if ex.status:  # headers already left
                     ex.outcome = "upstream-failed-mid-stream"
                     raise StreamAborted(str(exc)) from None
-                raise _upstream_error(exc, seed.model) from None
+                raise
 
     async def _collect(
         self, upstream: NDJSONStream, send: Send, ex: Exchange, started: float
     ) -> None:
         parts: list[str] = []
-        size, limit = 0, self._client.max_answer_bytes
+        size, limit = 0, self._forwarder.max_answer_bytes
         async for line in upstream.lines():
             ex.ledger.chunks += 1
             piece = line.get("response")

@@ -1,12 +1,6 @@
-"""Upstream backends: clients that speak each backend's API, and model discovery."""
+"""Backend clients: each speaks one kind of backend's API, knowing URLs and bytes, never keys."""
 
-from secureig.upstream.connections import Timeouts
-from secureig.upstream.discovery import CatalogState, ModelCatalog
-from secureig.upstream.ollama import (
-    NDJSONStream,
-    OllamaClient,
-    RawResponse,
-    TagEntry,
+from secureig.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamStreamError,
@@ -14,16 +8,27 @@ from secureig.upstream.ollama import (
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
+from secureig.upstream.connections import Timeouts
+from secureig.upstream.ollama import (
+    Exchange as UpstreamExchange,
+)
+from secureig.upstream.ollama import (
+    Loaded,
+    NDJSONStream,
+    OllamaClient,
+    RawResponse,
+    TagEntry,
+)
 
 __all__ = [
-    "CatalogState",
-    "ModelCatalog",
+    "Loaded",
     "NDJSONStream",
     "OllamaClient",
     "RawResponse",
     "TagEntry",
     "Timeouts",
     "UpstreamError",
+    "UpstreamExchange",
     "UpstreamStatusError",
     "UpstreamStreamError",
     "UpstreamTimeout",

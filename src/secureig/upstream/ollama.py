@@ -6,7 +6,6 @@ upstream as its URL does, which Ollama's DNS-rebinding guard requires.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from secureig import __version__
+from secureig.errors import (
+    UpstreamError,
+    UpstreamStreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    UpstreamUnavailable,
+)
 from secureig.upstream.connections import (
     ConnectError,
     ConnectionPool,
@@ -38,41 +44,6 @@ _HEADERS = {
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
-class UpstreamError(Exception):
-    """Anything that kept the upstream from answering as asked; `str()` is safe to show clients."""
-
-
-class UpstreamUnavailable(UpstreamError):
-    """The upstream could not be reached (refused, unresolvable, reset before answering)."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream did not connect or answer within the configured timeouts."""
-
-
-class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an error status; `message` is its own `error` text."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"upstream answered {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class UpstreamStreamError(UpstreamError):
-    """The upstream broke off, or reported an error, after its answer had started."""
-
-
-class UpstreamTooLarge(UpstreamError):
-    """The upstream sent a line, or an answer held whole, larger than the gateway accepts."""
-
-    @classmethod
-    def answer(cls, limit: int) -> UpstreamTooLarge:
-        return cls(
-            f"upstream sent an answer larger than {limit} bytes, more than the gateway accepts"
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class TagEntry:
     """One model as `/api/tags` lists it."""
@@ -82,6 +53,14 @@ class TagEntry:
     size: int
     modified_at: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """One model as `/api/ps` lists it: loaded on that upstream until `expires_at` (RFC 3339)."""
+
+    name: str
+    expires_at: str
 
 
 def _broken(exc: HTTPError) -> UpstreamError:
@@ -202,7 +181,7 @@ async def _error_message(response: Response) -> str:
     except HTTPError:
         body = b""
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)
     except ValueError:
         value = None
     if isinstance(value, dict) and isinstance(value.get("error"), str):
@@ -211,7 +190,7 @@ async def _error_message(response: Response) -> str:
     return text[:200] or (response.reason or "no reason given")
 
 
-class _Exchange:
+class Exchange:
     """What `OllamaClient.request` returns: a plain class, not a generator-based context manager,
     because every proxied request enters one."""
 
@@ -237,31 +216,13 @@ class _Exchange:
         return RawResponse(self._response, *self._limits)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._response is not None:
-            self._response.release()
+        self.release()
 
-
-class _Stream:
-    """What `OllamaClient.stream` returns: an exchange whose error statuses are raised."""
-
-    __slots__ = ("_exchange",)
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self._exchange = exchange
-
-    async def __aenter__(self) -> tuple[NDJSONStream, float]:
-        raw = await self._exchange.__aenter__()
-        if raw.status >= 400:
-            # `async with` calls no __aexit__ when __aenter__ raises: hand the connection back here.
-            try:
-                message = await raw.error_message()
-            finally:
-                await self._exchange.__aexit__(None, None, None)
-            raise UpstreamStatusError(raw.status, message)
-        return NDJSONStream(raw), raw.waited
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._exchange.__aexit__(*exc_info)
+    def release(self) -> None:
+        """Hand the connection back (or close it), once."""
+        response, self._response = self._response, None
+        if response is not None:
+            response.release()
 
 
 class OllamaClient:
@@ -274,6 +235,7 @@ class OllamaClient:
         max_connections: int = 100,
         max_line_bytes: int = 16 * 1024 * 1024,
         max_answer_bytes: int = 64 * 1024 * 1024,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.address = safe_url(self.base_url)  # what logs and answers may show
@@ -283,6 +245,10 @@ class OllamaClient:
         self._max_connections = max_connections
         self.max_line_bytes = max_line_bytes
         self.max_answer_bytes = max_answer_bytes
+        self._headers = dict(_HEADERS)
+        if api_key:
+            # The backend's own credential (a proxy in front of it): never a client's key.
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self._pool: ConnectionPool | None = None
 
     async def open(self) -> None:
@@ -292,7 +258,7 @@ class OllamaClient:
                 self._timeouts,
                 max_connections=self._max_connections,
                 keepalive_seconds=30.0,
-                headers=_HEADERS,
+                headers=self._headers,
             )
 
     async def close(self) -> None:
@@ -307,51 +273,57 @@ class OllamaClient:
         return self._pool
 
     def request(
-        self, method: str, path: str, body: bytes | AsyncIterable[bytes] | None = None
-    ) -> _Exchange:
+        self,
+        method: str,
+        path: str,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        whole: bool = False,
+    ) -> Exchange:
         """`async with client.request(...) as raw:` sends a request and gives the open answer,
-        whatever its status; leaving the block hands the connection back (or closes it)."""
-        return _Exchange(
-            self._http,
-            method,
-            self._prefix + path,
-            body,
-            (self.max_line_bytes, self.max_answer_bytes),
+        whatever its status; leaving the block hands the connection back (or closes it). An
+        answer that is `whole` (one JSON object, `stream: false`) may have one line as long as
+        an answer held whole."""
+        line = self.max_answer_bytes if whole else self.max_line_bytes
+        return Exchange(
+            self._http, method, self._prefix + path, body, (line, self.max_answer_bytes)
         )
 
-    def stream(self, path: str, body: dict[str, Any]) -> _Stream:
-        """`async with client.stream(path, body) as (lines, waited):` POSTs `body` and gives its
-        NDJSON answer and the seconds the upstream took to answer. An error status raises
-        UpstreamStatusError before anything is given."""
-        # A request with `stream: false` is answered with one JSON object, the whole answer: its
-        # one line may be as long as an answer held whole.
-        whole = body.get("stream") is False
-        line = self.max_answer_bytes if whole else self.max_line_bytes
-        exchange = _Exchange(
-            self._http, "POST", self._prefix + path, orjson.dumps(body), (line, line)
-        )
-        return _Stream(exchange)
+    async def get_json(self, path: str, what: str) -> Any:
+        """A small JSON answer (a model list, the version), with a short total timeout: these are
+        health checks and listings, which must not hang for as long as a generation may."""
+        total = self._timeouts.connect + 10
+        try:
+            response = await self._http.send("GET", self._prefix + path, total=total)
+        except HTTPError as exc:
+            raise _unanswered(exc, what) from None
+        try:
+            if response.status >= 400:
+                message = await _error_message(response)
+                raise UpstreamUnavailable(f"upstream answered {response.status}: {message}")
+            body = await response.read(self.max_answer_bytes + 1)
+            if len(body) > self.max_answer_bytes:
+                raise UpstreamUnavailable(f"upstream sent an answer to {path} larger than it may")
+            return orjson.loads(body)
+        except HTTPError as exc:
+            raise _unanswered(exc, what) from None
+        except ValueError:
+            raise UpstreamUnavailable(
+                f"upstream failed: its answer to {path} is not JSON"
+            ) from None
+        finally:
+            response.release()
+
+    async def version(self) -> str:
+        """The upstream's version, from `/api/version`: the health check."""
+        data = await self.get_json("/api/version", "answer its health check")
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, str):
+            raise UpstreamUnavailable("upstream sent no version: is it an Ollama server?")
+        return version[:64]
 
     async def tags(self) -> list[TagEntry]:
         """The models the upstream serves, as `/api/tags` lists them."""
-        total = self._timeouts.connect + 10
-        try:
-            response = await self._http.send("GET", self._prefix + "/api/tags", total=total)
-        except HTTPError as exc:
-            raise _unanswered(exc, "list its models") from None
-        try:
-            if response.status >= 400:
-                raise UpstreamStatusError(response.status, await _error_message(response))
-            body = await response.read(self.max_answer_bytes + 1)
-            if len(body) > self.max_answer_bytes:
-                raise UpstreamUnavailable("upstream sent a model list larger than it may")
-            data = json.loads(body)
-        except HTTPError as exc:
-            raise _unanswered(exc, "list its models") from None
-        except ValueError:
-            raise UpstreamUnavailable("upstream failed: its model list is not JSON") from None
-        finally:
-            response.release()
+        data = await self.get_json("/api/tags", "list its models")
         models = data.get("models") if isinstance(data, dict) else None
         if not isinstance(models, list):
             raise UpstreamUnavailable("upstream sent no model list")
@@ -368,3 +340,21 @@ class OllamaClient:
                     )
                 )
         return entries
+
+    async def running(self) -> list[Loaded]:
+        """What the upstream has loaded, from `/api/ps`, and until when."""
+        data = await self.get_json("/api/ps", "list its loaded models")
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise UpstreamUnavailable("upstream sent no list of loaded models")
+        loaded = []
+        for item in models:
+            if isinstance(item, dict) and isinstance(item.get("name") or item.get("model"), str):
+                until = item.get("expires_at")
+                loaded.append(
+                    Loaded(
+                        name=str(item.get("name") or item.get("model"))[:500],
+                        expires_at=until[:64] if isinstance(until, str) else "",
+                    )
+                )
+        return loaded
