@@ -119,6 +119,14 @@ class Fleet:
             log.warning("backend %s is down: %s", backend.name, why)
             self._union()
 
+    def passive_up(self, backend: Backend) -> None:
+        """A backend thought down answered a request: it is back, before its next check."""
+        if backend.mark_up(backend.version):
+            log.info("backend %s answers again", backend.name)
+            self._union()
+            if self.on_readmit is not None:
+                self.on_readmit(backend)
+
     async def recheck(self) -> CatalogState:
         """A request found nothing up for its model: look once more, at most once a cooldown."""
         if time.monotonic() - self.state.refreshed_at >= self._miss_cooldown:

@@ -222,12 +222,19 @@ class Router:
         only: Backend | None = None,
     ) -> Slot:
         """A slot on the best candidate for the model with this key, waiting in turn for one when
-        all are at their caps. Raises UpstreamUnavailable when no candidate is up, and
-        UpstreamBusy when none frees up within the queue timeout."""
+        all are at their caps. Raises UpstreamUnavailable when every backend that lists the
+        model was tried, and UpstreamBusy when none frees up within the queue timeout."""
         candidates = self.candidates(key, tried, only)
         if not candidates:
             await self.fleet.recheck()
             candidates = self.candidates(key, tried, only)
+        if not candidates:
+            # Nothing that is up serves it: those that list it are tried all the same, since one
+            # may have come back since its last check. The request will tell.
+            pool = self.fleet.backends if only is None else (only,)
+            candidates = [
+                b for b in pool if (key is None or key in b.models) and b not in tried
+            ]
             if not candidates:
                 raise self._unavailable(key, model, tried, only)
         backend = self._choose(candidates, key, counted, prefer)

@@ -275,6 +275,8 @@ class _Open:
                 continue
             self._exchange = exchange
             ex.upstream_seconds = raw.waited
+            if not backend.up:
+                forwarder.fleet.passive_up(backend)
             if raw.status < 400:
                 if slot.waited:
                     ex.queue_seconds = slot.waited
