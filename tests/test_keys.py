@@ -229,3 +229,32 @@ def test_keys_import_creates_many_at_once_all_or_none(deployment: Deployment) ->
     bad = cli("keys", "import", "bad.csv", check=False)
     assert bad.returncode != 0 and "row 3 ('ok-2'): rpm must be a whole number" in bad.stderr
     assert "ok-1" not in cli("keys", "list").stdout
+
+
+def test_clamps_and_limits_are_told_apart_everywhere_they_are_shown(deployment: Deployment) -> None:
+    cli = deployment.cli
+    created = cli(
+        "keys", "create", "tidy", "--max-num-ctx", "2048", "--rpm", "60", "--daily-tokens", "9000"
+    )
+    assert "clamps: max_num_ctx 2048; limits: rpm 60, daily_tokens 9000" in created.stderr
+    plain = cli("keys", "create", "plain")
+    assert "no clamps or limits" in plain.stderr
+    listing = cli("keys", "list").stdout.splitlines()
+    assert "CLAMPS AND LIMITS" in listing[0]
+    assert any(line.startswith("tidy ") and line.endswith("daily_tokens 9000") for line in listing)
+    updated = cli("keys", "update", "tidy", "--rpm", "0", "--tpm", "500")
+    assert "clamps: max_num_ctx 2048; limits: tpm 500, daily_tokens 9000" in updated.stderr
+    # Every flag's help comes from the one vocabulary, with what 0 means for its kind.
+    usage = cli("keys", "create", "--help").stdout
+    assert "0 for no maximum" in usage and "0 for no limit" in usage
+
+
+def test_the_limiter_budgets_are_the_vocabularys_limits() -> None:
+    from dataclasses import fields
+
+    from secureig.keylimits import SPECS, Kind
+    from secureig.policy import Limits
+
+    budgets = [s.name for s in SPECS if s.kind is Kind.LIMIT]
+    assert [f.name for f in fields(Limits)] == budgets
+    assert [s.name for s in SPECS if s.kind is Kind.CLAMP] == ["max_num_ctx", "max_num_predict"]

@@ -11,7 +11,12 @@ import asyncio
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from secureig.untrusted import printable
+
+if TYPE_CHECKING:
+    from secureig.surfaces._asgi import Exchange
 
 LOGGER = logging.getLogger("secureig.access")
 
@@ -31,6 +36,21 @@ class AccessLog:
     @property
     def enabled(self) -> bool:
         return LOGGER.isEnabledFor(logging.INFO)
+
+    def request(self, method: str, path: str, ex: Exchange) -> None:
+        """One request's line. The path only: a query string could carry anything, and bodies
+        (prompts) never appear."""
+        duration = (time.perf_counter() - ex.started) * 1000
+        upstream = ex.upstream_seconds
+        self.write(
+            f"rid={ex.request_id} {method} {printable(path)}"
+            f" key={ex.key_name or '-'} model={printable(ex.model or '-')}"
+            f" status={ex.status or 'aborted'} dur_ms={duration:.1f}"
+            f" upstream_ms={f'{upstream * 1000:.1f}' if upstream is not None else '-'}"
+            f"{f' backend={ex.backend}' if ex.backend else ''}"
+            f"{f' queued_ms={ex.queue_seconds * 1000:.1f}' if ex.queue_seconds else ''}"
+            f"{f' outcome={ex.outcome}' if ex.outcome else ''}"
+        )
 
     def write(self, message: str) -> None:
         """Queue one line; the caller has checked `enabled` and left secrets out of it."""

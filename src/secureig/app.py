@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secureig import __version__
 from secureig.accesslog import AccessLog
+from secureig.accounting import Accounting
 from secureig.config import Settings
 from secureig.metrics import Metrics
 from secureig.policy import (
@@ -37,7 +37,7 @@ from secureig.policy import (
 from secureig.protocol import OpenConnections, ServeLimits
 from secureig.routing import Backend, Fleet, Router
 from secureig.store import KeyStore, create_engine, describe, migrate
-from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
+from secureig.store.usage import UsageStore, UsageWriter
 from secureig.surfaces._asgi import (
     EXCHANGE,
     ASGIApp,
@@ -55,7 +55,6 @@ from secureig.surfaces.ops import MetricsEndpoint, ops_router
 from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
-from secureig.untrusted import printable
 from secureig.upstream import OllamaClient, Timeouts
 
 log = logging.getLogger("secureig")
@@ -189,6 +188,7 @@ class Gateway:
             on_drop=self.metrics.usage_dropped.inc,
         )
         self.metrics.usage_pending.set_function(lambda: self.usage.pending)
+        self.accounting = Accounting(self.gatekeeper, self.metrics, self.usage)
         self.draining = False
 
     async def start(self) -> None:
@@ -274,60 +274,6 @@ class Gateway:
             except Exception as exc:
                 log.warning("shutdown: closing %s failed: %s", name, exc)
         self.access_log.flush()
-
-    async def finish(self, scope: Scope, ex: Exchange) -> None:
-        """After the answer: settle the key's budgets, count, record usage, log one line."""
-        ledger = ex.ledger
-        if ex.model is None:
-            ex.model = ledger.model  # the name the policy parsed: valid, so bounded
-        status = ex.status or 499
-        if status == 499 or ex.outcome is not None or (status == 200 and ledger.chunks):
-            # Cut short (the client left, or the upstream broke off) before the final counts:
-            # what was forwarded is charged all the same.
-            ledger.charge_unreported()
-        try:
-            await self.gatekeeper.settle(ledger)
-        except Exception:
-            log.exception("settling a request's limits failed")
-        now = time.perf_counter()
-        m = self.metrics
-        ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
-        m.answered(ex.surface, ex.route, status, now - ex.started, ttfb)
-        if status == 429:
-            m.limit_refusals.labels(ex.surface).inc()
-        if ledger.principal is None:
-            if status == 401 or (status == 403 and ex.surface == "seed"):
-                m.auth_failures.labels(ex.surface).inc()
-        else:
-            principal = ledger.principal
-            if ledger.prompt_tokens or ledger.completion_tokens:
-                model = ex.model or "-"
-                m.tokens(model, ledger.prompt_tokens, ledger.completion_tokens)
-            self.usage.record(
-                UsageRecord(
-                    at=datetime.now(UTC),
-                    request_id=ex.request_id,
-                    key_id=principal.key_id,
-                    key_name=principal.name,
-                    surface=ex.surface,
-                    route=ex.route,
-                    model=ex.model,
-                    backend=ex.backend,
-                    status=status,
-                    prompt_tokens=ledger.prompt_tokens,
-                    completion_tokens=ledger.completion_tokens,
-                    tokens_estimated=ledger.estimated,
-                    ttfb_ms=ttfb * 1000 if ttfb is not None else None,
-                    duration_ms=(now - ex.started) * 1000,
-                    bytes_in=ex.bytes_in,
-                    bytes_out=ex.bytes_out,
-                    outcome=ex.outcome or ("client-disconnected" if status == 499 else "completed"),
-                )
-            )
-        if ex.outcome == "upstream-failed-mid-stream" or status in (502, 504):
-            m.upstream_errors.labels(ex.outcome or str(status)).inc()
-        if ex.backend is not None:
-            m.backend_answered(ex.backend)
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         store = "ok"
@@ -475,23 +421,10 @@ class GatewayApp:
                 exchange.outcome = "cut-by-shutdown" if self.gateway.draining else "cancelled"
             raise
         finally:
-            await self.gateway.finish(scope, exchange)
-            self._log(scope, exchange)
-
-    def _log(self, scope: Scope, exchange: Exchange) -> None:
-        # The path only: a query string could carry anything, and bodies (prompts) never appear.
-        access = self.gateway.access_log
-        if not access.enabled:
-            return
-        duration = (time.perf_counter() - exchange.started) * 1000
-        upstream = exchange.upstream_seconds
-        access.write(
-            f"rid={exchange.request_id} {scope['method']} {printable(scope['path'])}"
-            f" key={exchange.key_name or '-'} model={printable(exchange.model or '-')}"
-            f" status={exchange.status or 'aborted'} dur_ms={duration:.1f}"
-            f" upstream_ms={f'{upstream * 1000:.1f}' if upstream is not None else '-'}"
-            f"{f' outcome={exchange.outcome}' if exchange.outcome else ''}"
-        )
+            await self.gateway.accounting.finish(exchange)
+            access = self.gateway.access_log
+            if access.enabled:
+                access.request(scope["method"], scope["path"], exchange)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

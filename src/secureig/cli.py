@@ -26,12 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from secureig import __version__, durations
 from secureig.config import ConfigFileError, Settings, load_settings
 from secureig.credentials import Scope, parse_scopes
+from secureig.keylimits import BY_NAME as LIMIT_BY_NAME
+from secureig.keylimits import NAMES as LIMIT_NAMES
+from secureig.keylimits import KeyLimits, Kind, LimitError
 from secureig.names import InvalidModelName, normalize_pattern
 from secureig.routing import BackendReport, LoadedModel, Router
 from secureig.store import (
     UNCHANGED,
     DatabaseURLError,
-    KeyLimits,
     KeyNotFound,
     KeyRecord,
     KeyStore,
@@ -116,40 +118,20 @@ ExpiresOption = Annotated[
         help="Lifetime from now: 90s, 45m, 12h, 30d, or 'never' [default: never].",
     ),
 ]
-MaxNumCtxOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-num-ctx",
-        metavar="N",
-        min=0,
-        help="Largest context (options.num_ctx) the key may ask for; 0 for no maximum."
-        " Without one, non-admin keys cannot set num_ctx.",
-    ),
-]
-MaxNumPredictOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-num-predict",
-        metavar="N",
-        min=0,
-        help="Most tokens one answer may generate (options.num_predict, max_tokens);"
-        " 0 for no maximum.",
-    ),
-]
 
 
-def _limit_option(flag: str, text: str) -> Any:
-    return typer.Option(flag, metavar="N", min=0, help=text + " 0 for no limit.")
+def _limit_option(name: str) -> Any:
+    spec = LIMIT_BY_NAME[name]
+    zero = "0 for no maximum." if spec.kind is Kind.CLAMP else "0 for no limit."
+    return typer.Option(spec.flag, metavar="N", min=0, help=f"{spec.help} {zero}")
 
 
-RpmOption = Annotated[int | None, _limit_option("--rpm", "Requests per minute (the UTC minute).")]
-TpmOption = Annotated[
-    int | None, _limit_option("--tpm", "Tokens per minute, prompt and completion.")
-]
-ConcurrencyOption = Annotated[
-    int | None, _limit_option("--concurrency", "Requests in flight at once; more get 429.")
-]
-DailyTokensOption = Annotated[int | None, _limit_option("--daily-tokens", "Tokens per UTC day.")]
+MaxNumCtxOption = Annotated[int | None, _limit_option("max_num_ctx")]
+MaxNumPredictOption = Annotated[int | None, _limit_option("max_num_predict")]
+RpmOption = Annotated[int | None, _limit_option("rpm")]
+TpmOption = Annotated[int | None, _limit_option("tpm")]
+ConcurrencyOption = Annotated[int | None, _limit_option("concurrency")]
+DailyTokensOption = Annotated[int | None, _limit_option("daily_tokens")]
 
 
 def say(message: str) -> None:
@@ -195,7 +177,7 @@ def with_engine(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]
     """`action` on the store; the errors an operator can act on become a clear message."""
     try:
         return run(_on_store(settings, action))
-    except (KeyStoreError, InvalidModelName, DatabaseURLError) as exc:
+    except (KeyStoreError, LimitError, InvalidModelName, DatabaseURLError) as exc:
         message = str(exc)
         if isinstance(exc, InvalidModelName):
             message = f"invalid model pattern {message!r}"
@@ -388,10 +370,10 @@ def _expiry(text: str) -> datetime | None:
 
 
 def _limits(current: KeyLimits, **flags: int | None) -> KeyLimits:
-    """The key's limits with what the flags changed; 0 clears a limit."""
+    """The key's clamps and limits with what the flags changed; 0 clears one."""
     try:
         return current.changed(**flags)
-    except KeyStoreError as exc:
+    except LimitError as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
@@ -404,7 +386,7 @@ def _describe_key(record: KeyRecord) -> str:
     expires = _when(record.expires_at) if record.expires_at else "never"
     return (
         f"scopes: {scopes}; models: {', '.join(record.models)}; expires: {expires};"
-        f" clamps: {record.limits.describe()}"
+        f" {record.limits.describe()}"
     )
 
 
@@ -452,10 +434,7 @@ def keys_create(
 
 
 # What a row of `keys import` may say; its limits are the `keys create` flags of the same names.
-_IMPORT_FIELDS = (
-    "name", "scopes", "models", "expires_in", "max_num_ctx", "max_num_predict", "rpm", "tpm",
-    "concurrency", "daily_tokens",
-)  # fmt: skip
+_IMPORT_FIELDS = ("name", "scopes", "models", "expires_in", *LIMIT_NAMES)
 _IMPORT_MAX = 100_000
 
 
@@ -501,7 +480,7 @@ def _new_key(number: int, row: dict[str, object]) -> NewKey:
         scopes = parse_scopes(_words(row.get("scopes")) or [Scope.INFERENCE.value])
         expires = str(row.get("expires_in") or "").strip()
         flags: dict[str, int | None] = {}
-        for field_name in _IMPORT_FIELDS[4:]:
+        for field_name in LIMIT_NAMES:
             value = row.get(field_name)
             if value is None or value == "":
                 continue
@@ -529,8 +508,7 @@ def keys_import(
         typer.Argument(
             metavar="FILE",
             help="A CSV file with a header row, or a JSON list of objects: name, and any of"
-            " scopes, models (space-separated in CSV), expires_in, max_num_ctx,"
-            " max_num_predict, rpm, tpm, concurrency, daily_tokens.",
+            " scopes, models (space-separated in CSV), expires_in, " + ", ".join(LIMIT_NAMES) + ".",
         ),
     ],
     config: ConfigOption = None,
@@ -625,8 +603,11 @@ def keys_list(
         say(f"No keys in {describe(settings.database_url)}. Create one: secureig keys create NAME")
         return
     rows = [
-        ("NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS", "CLAMPS")
-    ]
+        (
+            "NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS",
+            "CLAMPS AND LIMITS",
+        )
+    ]  # fmt: skip
     for r in records:
         rows.append(
             (

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from secureig.credentials import Scope, key_digest
+from secureig.keylimits import Kind
 from secureig.names import unusable_patterns
 from secureig.policy.limits import Limits
 from secureig.policy.principal import BOOTSTRAP, Principal
@@ -60,12 +61,7 @@ def _principal(record: KeyRecord) -> Principal:
         expires_at=record.expires_at.timestamp() if record.expires_at else None,
         max_num_ctx=record.limits.max_num_ctx,
         max_num_predict=record.limits.max_num_predict,
-        limits=Limits(
-            rpm=record.limits.rpm,
-            tpm=record.limits.tpm,
-            concurrency=record.limits.concurrency,
-            daily_tokens=record.limits.daily_tokens,
-        ),
+        limits=Limits(**record.limits.of_kind(Kind.LIMIT)),
     )
 
 

@@ -232,9 +232,7 @@ class Router:
             # Nothing that is up serves it: those that list it are tried all the same, since one
             # may have come back since its last check. The request will tell.
             pool = self.fleet.backends if only is None else (only,)
-            candidates = [
-                b for b in pool if (key is None or key in b.models) and b not in tried
-            ]
+            candidates = [b for b in pool if (key is None or key in b.models) and b not in tried]
             if not candidates:
                 raise self._unavailable(key, model, tried, only)
         backend = self._choose(candidates, key, counted, prefer)

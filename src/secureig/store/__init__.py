@@ -1,10 +1,9 @@
-"""The database: keys now, usage later; SQLite by default, PostgreSQL when scaled out."""
+"""The database: keys and usage records; SQLite by default, PostgreSQL when scaled out."""
 
 from secureig.store.database import DatabaseURLError, create_engine, describe, migrate
 from secureig.store.keystore import (
     UNCHANGED,
     KeyExists,
-    KeyLimits,
     KeyNotFound,
     KeyRecord,
     KeyStore,
@@ -16,7 +15,6 @@ __all__ = [
     "UNCHANGED",
     "DatabaseURLError",
     "KeyExists",
-    "KeyLimits",
     "KeyNotFound",
     "KeyRecord",
     "KeyStore",

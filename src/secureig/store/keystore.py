@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from secureig.credentials import Scope, generate_key, key_digest, parse_scopes, visible_prefix
+from secureig.keylimits import NAMES as LIMIT_NAMES
+from secureig.keylimits import KeyLimits
 from secureig.names import normalize_pattern
 from secureig.store.tables import ApiKey, KeyringState
 from secureig.untrusted import shown
@@ -37,53 +39,6 @@ class KeyNotFound(KeyStoreError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class KeyLimits:
-    """What a key may ask for and how much it may use; None is "no limit of its own"."""
-
-    max_num_ctx: int | None = None
-    max_num_predict: int | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    concurrency: int | None = None
-    daily_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, value in self.pairs():
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise KeyStoreError(f"{name} must be a positive whole number")
-            if value > LIMIT_MAXIMA[name]:
-                raise KeyStoreError(f"{name} must be at most {LIMIT_MAXIMA[name]}")
-
-    def pairs(self) -> list[tuple[str, int | None]]:
-        return [(name, getattr(self, name)) for name in LIMIT_FIELDS]
-
-    def describe(self) -> str:
-        parts = [f"{name} {value}" for name, value in self.pairs() if value is not None]
-        return ", ".join(parts) or "none"
-
-    def changed(self, **changes: int | None) -> KeyLimits:
-        """These limits with `changes` applied: None leaves a field, 0 clears it."""
-        unknown = set(changes) - set(LIMIT_FIELDS)
-        if unknown:
-            raise KeyStoreError(f"unknown limits: {', '.join(sorted(unknown))}")
-        values = dict(self.pairs())
-        for name, value in changes.items():
-            if value is not None:
-                values[name] = value or None
-        return KeyLimits(**values)
-
-
-LIMIT_FIELDS = ("max_num_ctx", "max_num_predict", "rpm", "tpm", "concurrency", "daily_tokens")
-# What the columns hold (32-bit integers; daily_tokens 64-bit), so no value reaches the database
-# that it would refuse.
-_INT32 = 2**31 - 1
-LIMIT_MAXIMA = {
-    "max_num_ctx": _INT32, "max_num_predict": _INT32, "rpm": _INT32, "tpm": _INT32,
-    "concurrency": _INT32, "daily_tokens": 10**15,
-}  # fmt: skip
 # Patterns per key, so a key's model list stays something a person can read.
 MAX_PATTERNS = 256
 
@@ -101,7 +56,7 @@ class KeyRecord:
     revoked_at: datetime | None
     rotated_at: datetime | None
     last_used_at: datetime | None
-    limits: KeyLimits = KeyLimits()
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -137,7 +92,7 @@ def _record(row: ApiKey) -> KeyRecord:
         revoked_at=_utc(row.revoked_at),
         rotated_at=_utc(row.rotated_at),
         last_used_at=_utc(row.last_used_at),
-        limits=KeyLimits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
+        limits=KeyLimits(**{name: getattr(row, name) for name in LIMIT_NAMES}),
     )
 
 

@@ -11,16 +11,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from secureig.credentials import parse_scopes
 from secureig.durations import parse_duration
 from secureig.errors import GatewayError
+from secureig.keylimits import SPECS as LIMIT_SPECS
+from secureig.keylimits import KeyLimits, LimitError
 from secureig.names import MAX_NAME_LENGTH, InvalidModelName
 from secureig.policy import Gatekeeper, Operation, Principal
 from secureig.routing import Router
-from secureig.store import UNCHANGED, KeyLimits, KeyRecord, KeyStore, KeyStoreError
-from secureig.store.keystore import LIMIT_MAXIMA, MAX_PATTERNS, KeyExists, KeyNotFound
+from secureig.store import UNCHANGED, KeyRecord, KeyStore, KeyStoreError
+from secureig.store.keystore import MAX_PATTERNS, KeyExists, KeyNotFound
 from secureig.store.usage import UsageStore
 from secureig.surfaces._asgi import (
     ASGIApp,
@@ -43,26 +45,25 @@ class AdminError(HTTPException):
         super().__init__(status, message, headers)
 
 
-def _limit(name: str) -> Any:
-    return Field(default=None, ge=0, le=LIMIT_MAXIMA[name], strict=True)
-
-
-class LimitsIn(BaseModel):
-    """Limits to set; on update, omitted fields stay and 0 removes a limit."""
-
-    max_num_ctx: int | None = _limit("max_num_ctx")
-    max_num_predict: int | None = _limit("max_num_predict")
-    rpm: int | None = _limit("rpm")
-    tpm: int | None = _limit("tpm")
-    concurrency: int | None = _limit("concurrency")
-    daily_tokens: int | None = _limit("daily_tokens")
+# The key's clamps and limits, one field each, as secureig.keylimits names and bounds them.
+LimitsIn = create_model(  # type: ignore[call-overload]
+    "LimitsIn",
+    __doc__="Clamps and limits to set; on update, omitted fields stay and 0 removes one.",
+    **{
+        spec.name: (
+            int | None,
+            Field(default=None, ge=0, le=spec.maximum, strict=True, description=spec.help),
+        )
+        for spec in LIMIT_SPECS
+    },
+)
 
 
 Pattern = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 Scopes = list[Literal["inference", "manage", "admin"]]
 
 
-class KeyCreate(LimitsIn):
+class KeyCreate(LimitsIn):  # type: ignore[misc, valid-type]
     name: str
     scopes: Scopes = Field(default=["inference"], max_length=3)
     models: list[Pattern] = Field(
@@ -73,7 +74,7 @@ class KeyCreate(LimitsIn):
     expires_in: str | None = Field(default=None, max_length=32, description="90s, 45m, 12h, 30d")
 
 
-class KeyUpdate(LimitsIn):
+class KeyUpdate(LimitsIn):  # type: ignore[misc, valid-type]
     scopes: Scopes | None = Field(default=None, max_length=3)
     models: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
     expires_in: str | None = Field(
@@ -232,7 +233,7 @@ def admin_router(
             )
         except KeyNotFound as exc:
             raise AdminError(404, str(exc)) from None
-        except (KeyStoreError, InvalidModelName) as exc:
+        except (KeyStoreError, LimitError, InvalidModelName) as exc:
             raise AdminError(400, _message(exc)) from None
         return KeyOut.of(record)
 
