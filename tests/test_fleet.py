@@ -377,6 +377,36 @@ def test_queue_timeout_zero_refuses_at_once(gpus, fleet_of) -> None:
     assert refused.status_code == 503 and "requests do not queue" in refused.json()["error"]
 
 
+def test_one_key_cannot_fill_the_queue_for_everyone(gpus, fleet_of) -> None:
+    server = gpus[0]
+    dep = fleet_of(
+        [{"name": "gpu1", "url": server.url, "max_concurrency": 1}], max_queued_per_key=2
+    )
+    greedy = dep.cli.create_key("greedy")
+    other = dep.cli.create_key("other")
+    gateway = dep.gateway()
+    server.fail = "hang"
+    holder = _hold(gateway.url, greedy)
+    assert wait_until(lambda: server.active == 1, timeout=5)
+    server.fail = None
+    waiting = [
+        threading.Thread(target=_generate, args=(gateway.url, f"w{i}", greedy)) for i in range(2)
+    ]
+    for t in waiting:
+        t.start()
+    assert wait_until(lambda: _report(gateway, "gpu1")["queued"] == 2, timeout=10)
+    refused = _generate(gateway.url, "one too many", greedy)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert "this key has 2 requests waiting" in refused.json()["error"]
+    served = threading.Thread(target=_generate, args=(gateway.url, "still queues", other))
+    served.start()
+    assert wait_until(lambda: _report(gateway, "gpu1")["queued"] == 3, timeout=10)
+    holder.close()
+    for t in [*waiting, served]:
+        t.join(timeout=60)
+    assert "still queues" in _prompts(server) and "one too many" not in _prompts(server)
+
+
 def test_a_client_that_leaves_the_queue_is_never_sent(gpus, fleet_of) -> None:
     server = gpus[0]
     server.chunk_delay = 0.3

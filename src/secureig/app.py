@@ -152,6 +152,7 @@ class Gateway:
             self.fleet,
             queue_timeout=settings.queue_timeout,
             max_queued=settings.max_queued,
+            max_queued_per_key=settings.max_queued_per_key,
             observe_wait=self.metrics.queue_wait,
         )
         self.metrics.watch_backends(self.router)

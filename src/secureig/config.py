@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Requests waiting for a free place, at most, across all keys; 503 beyond.",
     )
+    max_queued_per_key: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="Requests of one key waiting for a free place, at most, so that one key's"
+        " burst cannot fill the queue for everyone; 503 beyond.",
+    )
     database_url: str = Field(
         default="sqlite:///secureig.db",
         description="Key store: sqlite:///path or postgresql://user@host/db.",

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from secureig.names import InvalidModelName, model_key
+from secureig.untrusted import printable
 from secureig.upstream import OllamaClient, TagEntry
 from secureig.upstream.ollama import Loaded
 
@@ -29,10 +30,10 @@ class BackendSpec:
     """A backend as configured: `[[backends]]` in the settings file, or one URL of the list."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # it may carry credentials
     kind: str = "ollama"
     max_concurrency: int | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     weight: float = 1.0
 
 
@@ -88,12 +89,15 @@ class Backend:
     def mark_up(self, version: str | None) -> bool:
         """A health check passed; True if that readmits it."""
         was_down = not self.up
-        self.up, self.why, self.version = True, None, version
+        self.up, self.why = True, None
+        self.version = printable(version, 64) if version is not None else None
         self.checked_at = time.monotonic()
         return was_down
 
     def mark_down(self, why: str) -> bool:
-        """It failed (a health check, or a request's connection); True if it was up."""
+        """It failed (a health check, or a request's connection); True if it was up. `why` may
+        quote the backend's own words: kept to one printable line, as a terminal may show it."""
+        why = printable(why, 300)
         was_up = self.up
         self.up, self.why = False, why
         self.checked_at = time.monotonic()
@@ -102,7 +106,7 @@ class Backend:
 
     def mark_busy(self, why: str) -> None:
         self.busy_until = time.monotonic() + BUSY_COOLDOWN_SECONDS
-        self.errors.append((time.time(), why))
+        self.errors.append((time.time(), printable(why, 300)))
 
     def set_models(self, entries: list[TagEntry]) -> None:
         models: dict[str, TagEntry] = {}

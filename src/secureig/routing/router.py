@@ -115,6 +115,10 @@ class FairQueue:
                     return waiter
         return None
 
+    def waiting_of(self, subject: str) -> int:
+        queue = self._keys.get(subject)
+        return len(queue) if queue is not None else 0
+
     def waiting_for(self, backend: Backend) -> int:
         return sum(1 for q in self._keys.values() for w in q if backend in w.eligible)
 
@@ -171,12 +175,14 @@ class Router:
         fleet: Fleet,
         queue_timeout: float,
         max_queued: int,
+        max_queued_per_key: int | None = None,
         affinity: Affinity | None = None,
         observe_wait: Callable[[Backend, float], None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.queue_timeout = queue_timeout
         self.max_queued = max_queued
+        self.max_queued_per_key = max_queued if max_queued_per_key is None else max_queued_per_key
         self.queue = FairQueue()
         self.affinity = affinity if affinity is not None else Affinity()
         self._observe_wait = observe_wait
@@ -243,8 +249,14 @@ class Router:
         return await self._wait(candidates, model, subject)
 
     async def _wait(self, candidates: list[Backend], model: str, subject: str) -> Slot:
-        if self.queue_timeout <= 0 or self.queue.size >= self.max_queued:
-            raise self._busy(model, candidates, waited=None)
+        if self.queue_timeout <= 0:
+            raise self._busy(model, candidates, "requests do not queue")
+        if self.queue.size >= self.max_queued:
+            raise self._busy(model, candidates, f"{self.max_queued} requests wait already")
+        if self.queue.waiting_of(subject) >= self.max_queued_per_key:
+            raise self._busy(
+                model, candidates, f"this key has {self.max_queued_per_key} requests waiting"
+            )
         future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(subject, candidates, future)
         self.queue.push(waiter)
@@ -257,7 +269,9 @@ class Router:
             if future.done() and not future.cancelled():
                 backend = future.result()  # handed a slot as the time ran out: take it
             else:
-                raise self._busy(model, candidates, waited=self.queue_timeout) from None
+                raise self._busy(
+                    model, candidates, f"none freed up within {self.queue_timeout:g}s"
+                ) from None
         except asyncio.CancelledError:
             # The client left while waiting: out of the queue, and any slot it was handed back.
             self.queue.remove(waiter)
@@ -329,15 +343,8 @@ class Router:
             return UpstreamUnavailable(f"no backend could serve model {model!r} (tried {names})")
         return UpstreamUnavailable(f"no backend that is up serves model {model!r}")
 
-    def _busy(self, model: str, candidates: list[Backend], waited: float | None) -> UpstreamBusy:
+    def _busy(self, model: str, candidates: list[Backend], how: str) -> UpstreamBusy:
         names = ", ".join(b.name for b in candidates)
-        how = (
-            f"none freed up within {waited:g}s"
-            if waited is not None
-            else "the queue is full"
-            if self.queue_timeout > 0
-            else "requests do not queue"
-        )
         retry = max(1, math.ceil(min(self.queue_timeout, 5.0))) if self.queue_timeout > 0 else 1
         return UpstreamBusy(
             f"every backend serving model {model!r} is at its limit of concurrent requests"
