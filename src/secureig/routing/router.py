@@ -216,6 +216,23 @@ class Router:
                 best, best_score = backend, score
         return best
 
+    def take(self, key: str | None, counted: bool = True, prefer: str | None = None) -> Slot | None:
+        """The common case, without waiting: a free place on the best candidate that is up, or
+        None, and then `acquire` decides (looks again, tries the down, queues, refuses)."""
+        lone = self.fleet.single
+        if lone is not None:
+            if not (lone.up and (key is None or key in lone.models)):
+                return None
+            backend: Backend | None = lone if not counted or lone.has_slot() else None
+        else:
+            candidates = self.candidates(key)
+            backend = self._choose(candidates, key, counted, prefer) if candidates else None
+        if backend is None:
+            return None
+        if counted:
+            backend.in_flight += 1
+        return Slot(self, backend, counted, 0.0)
+
     async def acquire(
         self,
         key: str | None,

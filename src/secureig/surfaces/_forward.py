@@ -187,6 +187,18 @@ class Forwarder:
                 call.affinity, call.continues = found
         return call
 
+    def _take(self, call: Call) -> Slot | None:
+        """A place at once, for a first try that needs no waiting (most requests)."""
+        target = call.target
+        if target is Target.INFERENCE:
+            prefer = None
+            if call.affinity is not None and call.continues:
+                prefer = self.router.affinity.get(call.affinity)
+            return self.router.take(call.model_key, prefer=prefer)
+        if target is Target.ANY:
+            return self.router.take(None, counted=False)
+        return None
+
     async def _slot(self, call: Call, tried: tuple[Backend, ...]) -> Slot:
         router = self.router
         if call.target is Target.PINNED:
@@ -249,7 +261,9 @@ class _Open:
         last: UpstreamError | None = None
         while True:
             try:
-                slot = await forwarder._slot(call, tried)
+                slot = forwarder._take(call) if not tried else None
+                if slot is None:
+                    slot = await forwarder._slot(call, tried)
             except UpstreamError:
                 # Nowhere else to go. What the backend itself said says more, unless several
                 # were tried and the router can say why each is out.
