@@ -73,9 +73,6 @@ class Backend:
         cap = self.max_concurrency
         return cap is None or self.in_flight < cap
 
-    def usable(self, now: float) -> bool:
-        return self.up and self.busy_until <= now
-
     def is_warm(self, key: str, now: float) -> bool:
         until = self.loaded.get(key)
         return until is not None and until > now
