@@ -55,7 +55,7 @@ from secureig.surfaces.ops import MetricsEndpoint, ops_router
 from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
-from secureig.upstream import OllamaClient, Timeouts
+from secureig.upstream import OllamaClient, OpenAIClient, Timeouts
 
 log = logging.getLogger("secureig")
 # Request ids tell requests apart in logs and usage; they guard nothing, so a seeded generator
@@ -99,7 +99,7 @@ def build_fleet(settings: Settings) -> Fleet:
     backends = [
         Backend(
             spec,
-            OllamaClient(
+            (OpenAIClient if spec.kind == "openai" else OllamaClient)(
                 spec.url,
                 timeouts,
                 max_connections=settings.upstream_max_connections,

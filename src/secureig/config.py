@@ -50,7 +50,11 @@ class BackendConfig(BaseModel):
 
     name: str = Field(description="Unique; in logs, metrics, usage, /readyz, X-Secureig-Backend.")
     url: str
-    kind: Literal["ollama"] = "ollama"
+    kind: Literal["ollama", "openai"] = Field(
+        default="ollama",
+        description='"ollama", or "openai" for an OpenAI-compatible engine (vLLM, llama.cpp\'s'
+        " server, LM Studio, SGLang), whose url is its base URL, ending in /v1.",
+    )
     max_concurrency: int | None = Field(default=None, gt=0, le=100_000)
     api_key: SecretStr | None = Field(default=None, description="Sent as Authorization: Bearer.")
     weight: float = Field(default=1.0, gt=0, le=1000)

@@ -99,6 +99,12 @@ def parse_model_name(name: str) -> ModelName:
     return ModelName(host=host, namespace=namespace, model=model, tag=tag)
 
 
+def exact_key(model_id: str) -> str:
+    """The identity of an OpenAI-compatible engine's model id: the id itself, case and all. The
+    mark keeps it apart from every Ollama key ("=" is in no Ollama name)."""
+    return "=" + model_id
+
+
 def model_key(name: str) -> str:
     """The case-insensitive identity of a model name; raises InvalidModelName."""
     return parse_model_name(name).key

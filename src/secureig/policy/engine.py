@@ -90,6 +90,12 @@ class Admission:
     operation: Operation
     models: tuple[ModelName, ...]
     upstream: TagEntry | None  # the discovered model, for operations that need it to exist
+    # The catalogue's key for it: what the router routes by (an engine's exact id, or the name's).
+    upstream_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.upstream_key or self.models[0].key
 
     @property
     def model(self) -> str | None:
@@ -167,10 +173,11 @@ class Gatekeeper:
             return False
         return not name.is_cloud and principal.allows_model(name)
 
-    async def locate(self, name: ModelName, model: str) -> TagEntry:
-        entry = await self.catalog.lookup(name.key)
-        if entry is not None:
-            return entry
+    async def locate(self, name: ModelName, model: str) -> tuple[str, TagEntry]:
+        """The model as the catalogue knows it, and its key there."""
+        found = await self.catalog.lookup(name, model)
+        if found is not None:
+            return found
         state = self.catalog.state
         if not state.up:
             raise UpstreamDown(f"no models available: {state.error}")
@@ -202,9 +209,9 @@ class Gatekeeper:
             if not isinstance(value, str):
                 raise InvalidRequest(f"{field.names[0]} must be a string", field.names[0])
             names.append((self.check_model(principal, value, field.names[0], ledger), value))
-        upstream = None
+        upstream = upstream_key = None
         if spec.must_exist:
-            upstream = await self.locate(*names[0])
+            upstream_key, upstream = await self.locate(*names[0])
         if spec.inference:
             try:
                 apply_clamps(principal, operation, body, self._clamps)
@@ -221,7 +228,7 @@ class Gatekeeper:
                 raise TooManyRequests(str(exc), exc.retry_after, exc.headers) from None
             except LimiterUnavailable as exc:
                 raise LimiterDown(str(exc)) from None
-        return Admission(principal, operation, tuple(n for n, _ in names), upstream)
+        return Admission(principal, operation, tuple(n for n, _ in names), upstream, upstream_key)
 
     async def settle(self, ledger: Ledger) -> None:
         """The request is over: give back its slot and charge its tokens."""

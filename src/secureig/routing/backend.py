@@ -11,10 +11,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from secureig.names import InvalidModelName, model_key
+from secureig.names import InvalidModelName, exact_key, model_key
 from secureig.untrusted import printable
-from secureig.upstream import OllamaClient, TagEntry
-from secureig.upstream.ollama import Loaded
+from secureig.upstream import BackendClient, Loaded, TagEntry
 
 # How long a backend that answered for a model is taken to have it loaded, until the next look at
 # its /api/ps says otherwise: Ollama's own default keep-alive.
@@ -46,7 +45,7 @@ class Backend:
         "max_concurrency", "models", "name", "served", "spec", "up", "version", "weight", "why",
     )  # fmt: skip
 
-    def __init__(self, spec: BackendSpec, client: OllamaClient) -> None:
+    def __init__(self, spec: BackendSpec, client: BackendClient) -> None:
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
@@ -105,11 +104,20 @@ class Backend:
         self.busy_until = time.monotonic() + BUSY_COOLDOWN_SECONDS
         self.errors.append((time.time(), printable(why, 300)))
 
+    def key(self, name: str) -> str:
+        """The catalogue's key for one of its models; raises InvalidModelName. An engine's ids
+        are exact; Ollama's names resolve as Ollama resolves them."""
+        if self.kind == "openai":
+            # Only what the policy can name is served (patterns match names, not any string).
+            model_key(name)
+            return exact_key(name)
+        return model_key(name)
+
     def set_models(self, entries: list[TagEntry]) -> None:
         models: dict[str, TagEntry] = {}
         for entry in entries:
             try:
-                models[model_key(entry.name)] = entry
+                models[self.key(entry.name)] = entry
             except InvalidModelName:
                 continue
         self.models = models
@@ -120,7 +128,7 @@ class Backend:
         loaded: dict[str, float] = {}
         for item in running:
             try:
-                key = model_key(item.name)
+                key = self.key(item.name)
             except InvalidModelName:
                 continue
             loaded[key] = now + _seconds_left(item.expires_at, now_wall)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secureig.errors import UpstreamError
+from secureig.names import ModelName, exact_key
 from secureig.routing.backend import Backend
 from secureig.upstream import TagEntry
 
@@ -40,6 +41,7 @@ class Fleet:
             raise ValueError("a fleet needs at least one backend")
         self.backends = backends
         self.by_name = {b.name: b for b in backends}
+        self._exact = any(b.kind == "openai" for b in backends)
         self._interval = interval
         # However many requests name unknown models, the backends see one refresh per cooldown.
         self._miss_cooldown = miss_cooldown
@@ -135,13 +137,24 @@ class Fleet:
             return await asyncio.shield(self._refreshing)
         return self.state
 
-    async def lookup(self, key: str) -> TagEntry | None:
-        """The model with this key, looking once more if it is unknown or every backend was down."""
-        entry = self.state.models.get(key)
-        if entry is not None:
-            return entry
+    def find(self, name: ModelName, raw: str) -> tuple[str, TagEntry] | None:
+        """The model a request names, and its key: an engine's id exactly as written first, then
+        the name as Ollama resolves it."""
+        models = self.state.models
+        if self._exact:
+            entry = models.get(key := exact_key(raw))
+            if entry is not None:
+                return key, entry
+        entry = models.get(name.key)
+        return None if entry is None else (name.key, entry)
+
+    async def lookup(self, name: ModelName, raw: str) -> tuple[str, TagEntry] | None:
+        """`find`, looking once more if the model is unknown or every backend was down."""
+        found = self.find(name, raw)
+        if found is not None:
+            return found
         await self.recheck()
-        return self.state.models.get(key)
+        return self.find(name, raw)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="secureig-health")

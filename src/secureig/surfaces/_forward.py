@@ -42,7 +42,7 @@ from secureig.surfaces._asgi import (
     json_bytes,
 )
 from secureig.untrusted import shown
-from secureig.upstream import RawResponse, UpstreamExchange
+from secureig.upstream import Answer, Pending
 
 # Statuses after which another backend is asked: the backend's own trouble, not the request's.
 _RETRY_STATUSES = frozenset({502, 503})
@@ -123,6 +123,12 @@ class Forwarder:
                     f" X-Secureig-Backend header (one of {self._names})",
                     "X-Secureig-Backend",
                 )
+        if backend.kind != "ollama":
+            raise RequestError(
+                f"{method} {path} manages an Ollama server's models; backend {backend.name} is an"
+                " OpenAI-compatible engine, whose models are its own configuration",
+                "X-Secureig-Backend",
+            )
         return Call(method, path, body, Target.PINNED, backend=backend, retry=False)
 
     def call(
@@ -173,7 +179,7 @@ class Forwarder:
         pinned: Backend | None,
     ) -> Call:
         """A generation or an embedding: routed by the model, retried before the answer began."""
-        key = admission.models[0].key
+        key = admission.key
         subject = admission.principal.subject
         call = Call(
             "POST", path, json_bytes(body),
@@ -239,9 +245,9 @@ class _Open:
             None if isinstance(call.body, AsyncIterable) else CancelOnDisconnect(receive, ex)
         )
         self._slot: Slot | None = None
-        self._exchange: UpstreamExchange | None = None
+        self._exchange: Pending | None = None
 
-    async def __aenter__(self) -> RawResponse:
+    async def __aenter__(self) -> Answer:
         watch = self._watch
         if watch is not None:
             await watch.__aenter__()
@@ -255,7 +261,7 @@ class _Open:
                 raise
             raise ClientGone from None
 
-    async def _send(self) -> RawResponse:
+    async def _send(self) -> Answer:
         call, ex, forwarder = self._call, self._ex, self._forwarder
         tried: tuple[Backend, ...] = ()
         last: UpstreamError | None = None

@@ -42,7 +42,7 @@ from secureig.surfaces._asgi import (
     respond_json,
 )
 from secureig.surfaces._forward import Forwarder, Target
-from secureig.upstream import RawResponse
+from secureig.upstream import Answer
 
 NDJSON = b"application/x-ndjson"
 
@@ -157,7 +157,7 @@ class OllamaSurface:
         else:
             payload = json_bytes(data) if data is not None else None
             target = Target.MODEL if admission.models else Target.ANY
-            key = admission.models[0].key if admission.models else None
+            key = admission.key if admission.models else None
             call = forwarder.call(method, path, payload, target, ex.model or "", key)
         started = time.perf_counter()
         async with forwarder.open(receive, ex, call) as raw:
@@ -209,7 +209,7 @@ class OllamaSurface:
             body = json_bytes({"models": models})
         await respond(send, 200, b"" if head else body, JSON)
 
-    async def _stream(self, raw: RawResponse, send: Send, ex: Exchange, started: float) -> None:
+    async def _stream(self, raw: Answer, send: Send, ex: Exchange, started: float) -> None:
         """Forward whole NDJSON lines as they arrive; a failure becomes a last `{"error"}` line."""
         try:
             lines = await raw.next_lines()

@@ -288,6 +288,6 @@ class OpenAISurface:
 
     async def _model(self, send: Send, ex: Exchange, principal: Principal, model: str) -> None:
         admission = await self._gate.admit(principal, Operation.SHOW, ex.ledger, {"model": model})
-        entry = await self._gate.locate(admission.models[0], model)
+        _, entry = await self._gate.locate(admission.models[0], model)
         ex.model = admission.model
         await respond_json(send, 200, model_object(model, entry.modified_at))

@@ -8,10 +8,8 @@ from secureig.errors import (
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
+from secureig.upstream.answers import Answer, Pending
 from secureig.upstream.connections import Timeouts
-from secureig.upstream.ollama import (
-    Exchange as UpstreamExchange,
-)
 from secureig.upstream.ollama import (
     Loaded,
     NDJSONStream,
@@ -19,16 +17,23 @@ from secureig.upstream.ollama import (
     RawResponse,
     TagEntry,
 )
+from secureig.upstream.openai import OpenAIClient
+
+# What a backend of either kind is reached through: both take native requests.
+BackendClient = OllamaClient | OpenAIClient
 
 __all__ = [
+    "Answer",
+    "BackendClient",
     "Loaded",
     "NDJSONStream",
     "OllamaClient",
+    "OpenAIClient",
+    "Pending",
     "RawResponse",
     "TagEntry",
     "Timeouts",
     "UpstreamError",
-    "UpstreamExchange",
     "UpstreamStatusError",
     "UpstreamStreamError",
     "UpstreamTimeout",

@@ -15,22 +15,12 @@ import orjson
 
 from secureig import __version__
 from secureig.errors import (
-    UpstreamError,
     UpstreamStreamError,
-    UpstreamTimeout,
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
-from secureig.upstream.connections import (
-    ConnectError,
-    ConnectionPool,
-    HTTPError,
-    ReadTimeout,
-    Response,
-    ServerDisconnected,
-    Timeout,
-    Timeouts,
-)
+from secureig.upstream.answers import Answer, broken, error_message, get_json, unanswered
+from secureig.upstream.connections import ConnectionPool, HTTPError, Response, Timeouts
 from secureig.upstream.lines import LineSplitter, LineTooLong
 from secureig.urls import safe_url
 
@@ -39,9 +29,6 @@ _HEADERS = {
     "Accept": "application/x-ndjson, application/json",
     "User-Agent": f"secureig/{__version__}",
 }
-
-
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +48,6 @@ class Loaded:
 
     name: str
     expires_at: str
-
-
-def _broken(exc: HTTPError) -> UpstreamError:
-    """An error after the answer began: the stream is cut short."""
-    if isinstance(exc, Timeout):
-        return UpstreamTimeout("upstream stopped sending before it finished")
-    return UpstreamStreamError(f"upstream connection broke off: {exc}")
 
 
 class RawResponse:
@@ -94,7 +74,7 @@ class RawResponse:
         try:
             return await self.response.next_chunk()
         except HTTPError as exc:
-            raise _broken(exc) from None
+            raise broken(exc) from None
 
     async def next_lines(self) -> bytes | None:
         """The body's next whole NDJSON lines, each ending in a newline; None at its end. A line
@@ -120,19 +100,19 @@ class RawResponse:
         try:
             body = await self.response.read(limit + 1)
         except HTTPError as exc:
-            raise _broken(exc) from None
+            raise broken(exc) from None
         if len(body) > limit:
             raise UpstreamTooLarge.answer(limit)
         return body
 
     async def error_message(self) -> str:
-        return await _error_message(self.response)
+        return await error_message(self.response)
 
 
 class NDJSONStream:
     """An open upstream answer whose lines are parsed as they arrive."""
 
-    def __init__(self, raw: RawResponse) -> None:
+    def __init__(self, raw: Answer) -> None:
         self._raw = raw
         self.status = raw.status
 
@@ -161,35 +141,6 @@ def _parse_line(line: bytes) -> dict[str, Any]:
     return value
 
 
-def _unanswered(exc: HTTPError, what: str) -> UpstreamError:
-    """An error before the answer began."""
-    if isinstance(exc, ReadTimeout):
-        return UpstreamTimeout(f"upstream did not {what} in time")
-    if isinstance(exc, Timeout):
-        return UpstreamTimeout(f"upstream did not {what} in time ({exc})")
-    if isinstance(exc, ConnectError):
-        return UpstreamUnavailable(f"upstream is unreachable ({exc})")
-    if isinstance(exc, ServerDisconnected):
-        return UpstreamUnavailable("upstream closed the connection")
-    return UpstreamUnavailable(f"upstream failed: {exc}")
-
-
-async def _error_message(response: Response) -> str:
-    # An error body is read only as far as a message needs; the rest is dropped with the stream.
-    try:
-        body = (await response.read(_ERROR_BODY_LIMIT))[:_ERROR_BODY_LIMIT]
-    except HTTPError:
-        body = b""
-    try:
-        value = orjson.loads(body)
-    except ValueError:
-        value = None
-    if isinstance(value, dict) and isinstance(value.get("error"), str):
-        return str(value["error"])
-    text = body.decode("utf-8", "replace").strip()
-    return text[:200] or (response.reason or "no reason given")
-
-
 class Exchange:
     """What `OllamaClient.request` returns: a plain class, not a generator-based context manager,
     because every proxied request enters one."""
@@ -212,7 +163,7 @@ class Exchange:
         try:
             self._response = await self._pool.send(self._method, self._path, self._body)
         except HTTPError as exc:
-            raise _unanswered(exc, "answer") from None
+            raise unanswered(exc, "answer") from None
         return RawResponse(self._response, *self._limits)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -289,29 +240,10 @@ class OllamaClient:
         )
 
     async def get_json(self, path: str, what: str) -> Any:
-        """A small JSON answer (a model list, the version), with a short total timeout: these are
-        health checks and listings, which must not hang for as long as a generation may."""
-        total = self._timeouts.connect + 10
-        try:
-            response = await self._http.send("GET", self._prefix + path, total=total)
-        except HTTPError as exc:
-            raise _unanswered(exc, what) from None
-        try:
-            if response.status >= 400:
-                message = await _error_message(response)
-                raise UpstreamUnavailable(f"upstream answered {response.status}: {message}")
-            body = await response.read(self.max_answer_bytes + 1)
-            if len(body) > self.max_answer_bytes:
-                raise UpstreamUnavailable(f"upstream sent an answer to {path} larger than it may")
-            return orjson.loads(body)
-        except HTTPError as exc:
-            raise _unanswered(exc, what) from None
-        except ValueError:
-            raise UpstreamUnavailable(
-                f"upstream failed: its answer to {path} is not JSON"
-            ) from None
-        finally:
-            response.release()
+        return await get_json(
+            self._http, self._prefix + path, what, self._timeouts.connect + 10,
+            self.max_answer_bytes,
+        )  # fmt: skip
 
     async def version(self) -> str:
         """The upstream's version, from `/api/version`: the health check."""
