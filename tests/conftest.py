@@ -6,6 +6,7 @@ Everything goes through real HTTP to a real `secureig serve` process; only Ollam
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -217,6 +218,20 @@ class Deployment:
     def close(self) -> None:
         for gateway in self.gateways:
             gateway.stop()
+
+
+def fleet_deployment(tmp: Path, backends: list[dict[str, Any]], **top: Any) -> Deployment:
+    """A deployment whose settings file names its backends as [[backends]] tables."""
+    dep = Deployment(tmp, f"sqlite:///{tmp / 'keys.db'}", "unused")
+    del dep.env["SECUREIG_OLLAMA_URL"]
+    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    for backend in backends:
+        lines.append("[[backends]]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in backend.items())
+    path = tmp / "secureig.toml"
+    path.write_text("\n".join(lines) + "\n")
+    dep.env["SECUREIG_CONFIG"] = str(path)
+    return dep
 
 
 @pytest.fixture

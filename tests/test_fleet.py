@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Deployment, wait_until
+from tests.conftest import Deployment, fleet_deployment, wait_until
 from tests.standin import OllamaStandIn
 
 ADMIN = {"X-API-KEY": "admin"}
@@ -60,20 +60,6 @@ def _only(server: OllamaStandIn, *names: str) -> None:
             server.remove_model(name)
 
 
-def _fleet(tmp: Path, backends: list[dict[str, Any]], **top: Any) -> Deployment:
-    """A deployment whose settings file names the backends as [[backends]] tables."""
-    dep = Deployment(tmp, f"sqlite:///{tmp / 'keys.db'}", "unused")
-    del dep.env["SECUREIG_OLLAMA_URL"]
-    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
-    for backend in backends:
-        lines.append("[[backends]]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in backend.items())
-    path = tmp / "secureig.toml"
-    path.write_text("\n".join(lines) + "\n")
-    dep.env["SECUREIG_CONFIG"] = str(path)
-    return dep
-
-
 @pytest.fixture
 def fleet_of(tmp_path: Path) -> Iterator[Any]:
     made: list[Deployment] = []
@@ -83,7 +69,7 @@ def fleet_of(tmp_path: Path) -> Iterator[Any]:
         top.setdefault("shutdown_grace", 1)
         path = tmp_path / f"dep{len(made)}"
         path.mkdir()
-        dep = _fleet(path, backends, **top)
+        dep = fleet_deployment(path, backends, **top)
         made.append(dep)
         return dep
 

@@ -191,8 +191,10 @@ def _think(native: dict[str, Any], body: dict[str, Any]) -> None:
     if isinstance(think, bool):
         # The switch vLLM, SGLang and llama.cpp's server pass to the model's chat template.
         body["chat_template_kwargs"] = {"enable_thinking": think}
-    elif isinstance(think, str):
+    elif think in ("low", "medium", "high"):
         body["reasoning_effort"] = think
+    elif think is not None:
+        raise EngineError('think must be true, false, "low", "medium" or "high"', "think")
 
 
 def _refuse(native: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -219,6 +221,9 @@ def engine_request(native_path: str, native: dict[str, Any], model: str) -> Engi
     elif native_path == "/api/generate":
         _refuse(native, ("suffix", "template", "context"))
         prompt = native.get("prompt") or ""
+        if not isinstance(prompt, str):
+            # An engine's /completions would read a list as token ids: never from a client.
+            raise EngineError("prompt must be a string", "prompt")
         if native.get("raw"):
             if native.get("images"):
                 raise EngineError("images need a chat template, which raw skips", "images")
@@ -290,6 +295,29 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]]:
     return calls
 
 
+def _head(
+    plan: EnginePlan,
+    content: str,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The start of every native line: the model, the time, and what was said, where the native
+    path puts it (a chat's message, a generate's response; a generate has no tools)."""
+    line: dict[str, Any] = {"model": plan.model, "created_at": now_rfc3339()}
+    if plan.native_path == "/api/chat":
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        line["message"] = message
+    else:
+        line["response"] = content
+        if thinking:
+            line["thinking"] = thinking
+    return line
+
+
 def _durations(line: dict[str, Any], timings: Any, elapsed: float) -> None:
     line["total_duration"] = int(elapsed * 1e9)
     line["load_duration"] = 0
@@ -310,18 +338,7 @@ def _final(
     thinking: str = "",
     tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    line: dict[str, Any] = {"model": plan.model, "created_at": now_rfc3339()}
-    if plan.native_path == "/api/chat":
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        if thinking:
-            message["thinking"] = thinking
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        line["message"] = message
-    else:
-        line["response"] = content
-        if thinking:
-            line["thinking"] = thinking
+    line = _head(plan, content, thinking, tool_calls)
     line.update(done=True, done_reason=reason)
     _durations(line, timings, elapsed)
     line["prompt_eval_count"] = _count(usage, "prompt_tokens")
@@ -331,11 +348,7 @@ def _final(
 
 def load_answer(plan: EnginePlan) -> dict[str, Any]:
     """Ollama's answer to a request that only loads the model."""
-    line: dict[str, Any] = {"model": plan.model, "created_at": now_rfc3339()}
-    if plan.native_path == "/api/chat":
-        line["message"] = {"role": "assistant", "content": ""}
-    else:
-        line["response"] = ""
+    line = _head(plan, "")
     line.update(done=True, done_reason="load")
     return line
 
@@ -401,26 +414,11 @@ class EngineStream:
     def __init__(self, plan: EnginePlan, started: float) -> None:
         self._plan = plan
         self._started = started
-        self._chat = plan.native_path == "/api/chat"
         self._calls: dict[int, _Call] = {}
         self.reason: str | None = None
         self._usage: Any = None
         self._timings: Any = None
         self.done = False
-
-    def _line(self, content: str, thinking: str = "") -> dict[str, Any]:
-        line: dict[str, Any] = {"model": self._plan.model, "created_at": now_rfc3339()}
-        if self._chat:
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if thinking:
-                message["thinking"] = thinking
-            line["message"] = message
-        else:
-            line["response"] = content
-            if thinking:
-                line["thinking"] = thinking
-        line["done"] = False
-        return line
 
     def feed(self, event: Any) -> list[dict[str, Any]]:
         if not isinstance(event, dict):
@@ -448,7 +446,7 @@ class EngineStream:
                 for fragment in delta.get("tool_calls") or []:
                     self._fragment(fragment)
             if text or thinking:
-                out.append(self._line(text, thinking))
+                out.append(_head(self._plan, text, thinking) | {"done": False})
             if choice.get("finish_reason"):
                 self.reason = _FINISH.get(str(choice["finish_reason"]), "stop")
         return out
@@ -480,8 +478,6 @@ class EngineStream:
                     for _, c in sorted(self._calls.items())
                 ]
             )
-            line = self._line("")
-            line["message"]["tool_calls"] = calls
-            out.append(line)
+            out.append(_head(self._plan, "", "", calls) | {"done": False})
         out.append(_final(self._plan, self.reason, self._usage, self._timings, elapsed))
         return out

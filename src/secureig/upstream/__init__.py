@@ -9,14 +9,9 @@ from secureig.errors import (
     UpstreamUnavailable,
 )
 from secureig.upstream.answers import Answer, Pending
+from secureig.upstream.client import Loaded, TagEntry
 from secureig.upstream.connections import Timeouts
-from secureig.upstream.ollama import (
-    Loaded,
-    NDJSONStream,
-    OllamaClient,
-    RawResponse,
-    TagEntry,
-)
+from secureig.upstream.ollama import NDJSONStream, OllamaClient, RawResponse
 from secureig.upstream.openai import OpenAIClient
 
 # What a backend of either kind is reached through: both take native requests.

@@ -7,47 +7,26 @@ upstream as its URL does, which Ollama's DNS-rebinding guard requires.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from secureig import __version__
 from secureig.errors import (
     UpstreamStreamError,
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
-from secureig.upstream.answers import Answer, broken, error_message, get_json, unanswered
+from secureig.upstream.answers import Answer, broken, error_message, unanswered
+from secureig.upstream.client import Loaded, PooledClient, TagEntry
 from secureig.upstream.connections import ConnectionPool, HTTPError, Response, Timeouts
 from secureig.upstream.lines import LineSplitter, LineTooLong
-from secureig.urls import safe_url
 
 _HEADERS = {
     "Content-Type": "application/json",
     "Accept": "application/x-ndjson, application/json",
-    "User-Agent": f"secureig/{__version__}",
 }
 
-
-@dataclass(frozen=True, slots=True)
-class TagEntry:
-    """One model as `/api/tags` lists it."""
-
-    name: str
-    digest: str
-    size: int
-    modified_at: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """One model as `/api/ps` lists it: loaded on that upstream until `expires_at` (RFC 3339)."""
-
-    name: str
-    expires_at: str
+__all__ = ["Exchange", "Loaded", "NDJSONStream", "OllamaClient", "RawResponse", "TagEntry"]
 
 
 class RawResponse:
@@ -176,8 +155,10 @@ class Exchange:
             response.release()
 
 
-class OllamaClient:
+class OllamaClient(PooledClient):
     """One upstream Ollama server; open() before use, close() at shutdown."""
+
+    kind = "ollama"
 
     def __init__(
         self,
@@ -188,40 +169,11 @@ class OllamaClient:
         max_answer_bytes: int = 64 * 1024 * 1024,
         api_key: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.address = safe_url(self.base_url)  # what logs and answers may show
-        # An upstream mounted below a path (behind another proxy) keeps its prefix.
-        self._prefix = urlsplit(self.base_url).path
-        self._timeouts = timeouts
-        self._max_connections = max_connections
-        self.max_line_bytes = max_line_bytes
-        self.max_answer_bytes = max_answer_bytes
-        self._headers = dict(_HEADERS)
-        if api_key:
-            # The backend's own credential (a proxy in front of it): never a client's key.
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._pool: ConnectionPool | None = None
-
-    async def open(self) -> None:
-        if self._pool is None:
-            self._pool = ConnectionPool(
-                self.base_url,
-                self._timeouts,
-                max_connections=self._max_connections,
-                keepalive_seconds=30.0,
-                headers=self._headers,
-            )
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
-
-    @property
-    def _http(self) -> ConnectionPool:
-        if self._pool is None:
-            raise RuntimeError("OllamaClient.open() was not called")
-        return self._pool
+        # api_key: the backend's own credential (a proxy in front of it).
+        super().__init__(
+            base_url, timeouts, _HEADERS, max_connections, max_line_bytes, max_answer_bytes,
+            api_key,
+        )  # fmt: skip
 
     def request(
         self,
@@ -238,12 +190,6 @@ class OllamaClient:
         return Exchange(
             self._http, method, self._prefix + path, body, (line, self.max_answer_bytes)
         )
-
-    async def get_json(self, path: str, what: str) -> Any:
-        return await get_json(
-            self._http, self._prefix + path, what, self._timeouts.connect + 10,
-            self.max_answer_bytes,
-        )  # fmt: skip
 
     async def version(self) -> str:
         """The upstream's version, from `/api/version`: the health check."""

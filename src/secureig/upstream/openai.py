@@ -13,11 +13,9 @@ import time
 from collections.abc import AsyncIterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from secureig import __version__
 from secureig.errors import (
     InvalidRequest,
     UpstreamStreamError,
@@ -32,17 +30,12 @@ from secureig.translate.engine import (
     load_answer,
     native_answer,
 )
-from secureig.upstream.answers import broken, error_message, get_json, unanswered
-from secureig.upstream.connections import ConnectionPool, HTTPError, Response, Timeouts
+from secureig.upstream.answers import broken, error_message, unanswered
+from secureig.upstream.client import Loaded, PooledClient, TagEntry
+from secureig.upstream.connections import HTTPError, Response, Timeouts
 from secureig.upstream.lines import LineSplitter, LineTooLong
-from secureig.upstream.ollama import Loaded, TagEntry
-from secureig.urls import safe_url
 
-_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "User-Agent": f"secureig/{__version__}",
-}
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 _NDJSON = "application/x-ndjson"
 _JSON = "application/json"
 # An engine serves what it lists, loaded: as warm as an Ollama model kept forever.
@@ -229,7 +222,9 @@ class EngineExchange:
             )
         except HTTPError as exc:
             raise unanswered(exc, "answer") from None
-        return EngineAnswer(self._response, plan, started, client._limits)
+        return EngineAnswer(
+            self._response, plan, started, (client.max_line_bytes, client.max_answer_bytes)
+        )
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
@@ -240,7 +235,7 @@ class EngineExchange:
             response.release()
 
 
-class OpenAIClient:
+class OpenAIClient(PooledClient):
     """One OpenAI-compatible engine; open() before use, close() at shutdown. Its model ids are
     exact: what `/v1/models` lists, case and all."""
 
@@ -255,40 +250,12 @@ class OpenAIClient:
         max_answer_bytes: int = 64 * 1024 * 1024,
         api_key: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.address = safe_url(self.base_url)
-        self._prefix = urlsplit(self.base_url).path  # /v1, usually
-        self._timeouts = timeouts
-        self._max_connections = max_connections
-        self._limits = (max_line_bytes, max_answer_bytes)
-        self.max_answer_bytes = max_answer_bytes
-        self._headers = dict(_HEADERS)
-        if api_key:
-            # The engine's own credential (vLLM's --api-key): never a client's key.
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._pool: ConnectionPool | None = None
+        # api_key: the engine's own credential (vLLM's or llama.cpp's --api-key).
+        super().__init__(
+            base_url, timeouts, _HEADERS, max_connections, max_line_bytes, max_answer_bytes,
+            api_key,
+        )  # fmt: skip
         self._models: list[TagEntry] = []
-
-    async def open(self) -> None:
-        if self._pool is None:
-            self._pool = ConnectionPool(
-                self.base_url,
-                self._timeouts,
-                max_connections=self._max_connections,
-                keepalive_seconds=30.0,
-                headers=self._headers,
-            )
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
-
-    @property
-    def _http(self) -> ConnectionPool:
-        if self._pool is None:
-            raise RuntimeError("OpenAIClient.open() was not called")
-        return self._pool
 
     def request(
         self,
@@ -301,13 +268,7 @@ class OpenAIClient:
 
     async def version(self) -> str:
         """The health check: the engine lists its models. (Engines have no version to ask.)"""
-        data = await get_json(
-            self._http,
-            self._prefix + "/models",
-            "list its models",
-            self._timeouts.connect + 10,
-            self.max_answer_bytes,
-        )
+        data = await self.get_json("/models", "list its models")
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise UpstreamUnavailable("upstream sent no model list: is it OpenAI-compatible?")
