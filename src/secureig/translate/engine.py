@@ -197,6 +197,45 @@ def _think(native: dict[str, Any], body: dict[str, Any]) -> None:
         raise EngineError('think must be true, false, "low", "medium" or "high"', "think")
 
 
+def _logprobs(native: dict[str, Any], body: dict[str, Any], path: str) -> None:
+    if native.get("logprobs") is not True:
+        return
+    if path != CHAT:
+        raise EngineError(
+            "logprobs on a raw generate are not supported by an OpenAI-compatible backend",
+            "logprobs",
+        )
+    body["logprobs"] = True
+    top = native.get("top_logprobs")
+    if isinstance(top, int) and not isinstance(top, bool) and 0 < top <= 20:
+        body["top_logprobs"] = top
+
+
+def _native_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """OpenAI's chat logprobs (`choice.logprobs.content`) as Ollama's `logprobs` list."""
+    raw = choice.get("logprobs")
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    out = []
+    for entry in content:
+        if isinstance(entry, dict):
+            top = [_token(t) for t in entry.get("top_logprobs") or () if isinstance(t, dict)]
+            out.append({**_token(entry), "top_logprobs": top})
+    return out
+
+
+def _token(entry: dict[str, Any]) -> dict[str, Any]:
+    logprob = entry.get("logprob")
+    token = entry.get("token")
+    raw_bytes = entry.get("bytes")
+    return {
+        "token": token if isinstance(token, str) else "",
+        "logprob": logprob if isinstance(logprob, int | float) and math.isfinite(logprob) else 0.0,
+        "bytes": raw_bytes if isinstance(raw_bytes, list) else None,
+    }
+
+
 def _refuse(native: dict[str, Any], fields: tuple[str, ...]) -> None:
     for name in fields:
         if native.get(name) not in (None, "", [], False):
@@ -217,6 +256,7 @@ def engine_request(native_path: str, native: dict[str, Any], model: str) -> Engi
         _options(native, body)
         _format(native, body)
         _think(native, body)
+        _logprobs(native, body, CHAT)
         plan = EnginePlan(native_path, CHAT, body, requested, stream, not messages, bool(tools))
     elif native_path == "/api/generate":
         _refuse(native, ("suffix", "template", "context"))
@@ -239,6 +279,7 @@ def engine_request(native_path: str, native: dict[str, Any], model: str) -> Engi
         _options(native, body)
         _format(native, body)
         _think(native, body)
+        _logprobs(native, body, path)
         load_only = not prompt and not native.get("images")
         plan = EnginePlan(native_path, path, body, requested, stream, load_only)
     elif native_path in ("/api/embed", "/api/embeddings"):
@@ -387,7 +428,7 @@ def native_answer(plan: EnginePlan, answer: Any, elapsed: float) -> dict[str, An
         )
     message: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
     thinking = _text(message.get("reasoning_content") or message.get("reasoning"))
-    return _final(
+    line = _final(
         plan,
         reason,
         usage,
@@ -397,6 +438,10 @@ def native_answer(plan: EnginePlan, answer: Any, elapsed: float) -> dict[str, An
         thinking,
         _tool_calls(message.get("tool_calls")),
     )
+    logprobs = _native_logprobs(choice)
+    if logprobs is not None:
+        line["logprobs"] = logprobs
+    return line
 
 
 @dataclass(slots=True)
@@ -445,8 +490,12 @@ class EngineStream:
                 thinking = _text(delta.get("reasoning_content") or delta.get("reasoning"))
                 for fragment in delta.get("tool_calls") or []:
                     self._fragment(fragment)
-            if text or thinking:
-                out.append(_head(self._plan, text, thinking) | {"done": False})
+            logprobs = _native_logprobs(choice)
+            if text or thinking or logprobs:
+                line = _head(self._plan, text, thinking) | {"done": False}
+                if logprobs is not None:
+                    line["logprobs"] = logprobs
+                out.append(line)
             if choice.get("finish_reason"):
                 self.reason = _FINISH.get(str(choice["finish_reason"]), "stop")
         return out
