@@ -105,10 +105,17 @@ class LlamaServer:
     a random model would otherwise stop wherever its dice fell."""
 
     def __init__(
-        self, binary: Path, model: Path, folder: Path, slots: int = 2, api_key: str = ""
+        self,
+        binary: Path,
+        model: Path,
+        folder: Path,
+        slots: int = 2,
+        api_key: str = "",
+        alias: str = MODEL_ALIAS,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary, self.model, self.folder = binary, model, folder
-        self.slots, self.api_key = slots, api_key
+        self.slots, self.api_key, self.alias, self.extra = slots, api_key, alias, extra
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.root = f"http://127.0.0.1:{self.port}"
@@ -122,12 +129,13 @@ class LlamaServer:
     def start(self) -> LlamaServer:
         args = [
             str(self.binary), "-m", str(self.model), "--host", "127.0.0.1",
-            "--port", str(self.port), "--alias", MODEL_ALIAS, "-np", str(self.slots),
+            "--port", str(self.port), "--alias", self.alias, "-np", str(self.slots),
             "-c", str(_CONTEXT * self.slots), "-t", "1", "--metrics", "--slots",
             "--no-webui", "--ignore-eos",
         ]  # fmt: skip
         if self.api_key:
             args += ["--api-key", self.api_key]
+        args += self.extra
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

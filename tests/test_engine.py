@@ -29,6 +29,7 @@ ENGINE_KEY = (
     "engine-secret-7c1f"  # the engine's own --api-key: the gateway's to send, not a client's
 )
 SLOTS = 2
+EMBED_ALIAS = "Acme/Tiny-Embed"
 KEYS: dict[str, str] = {}  # made before the module's gateway starts
 
 
@@ -56,13 +57,32 @@ def engine(
 
 
 @pytest.fixture(scope="module")
+def embedder(
+    binary: Path, tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LlamaServer]:
+    """The same model as an embedding engine, under an id with an organisation and capitals."""
+    server = LlamaServer(
+        binary, tiny, tmp_path_factory.mktemp("embedder"), 1, alias=EMBED_ALIAS,
+        extra=("--embeddings", "--pooling", "mean"),
+    )  # fmt: skip
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def site(
-    engine: LlamaServer, standin: OllamaStandIn, tmp_path_factory: pytest.TempPathFactory
+    engine: LlamaServer,
+    embedder: LlamaServer,
+    standin: OllamaStandIn,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    """The engine (capped at its slots) and an Ollama stand-in, behind one gateway."""
+    """The engine (capped at its slots), the embedder and an Ollama stand-in, behind one
+    gateway."""
     backends: list[dict[str, Any]] = [
         {"name": "engine", "url": engine.url, "kind": "openai", "max_concurrency": SLOTS,
          "api_key": ENGINE_KEY},
+        {"name": "embedder", "url": embedder.url, "kind": "openai"},
         {"name": "gpu1", "url": standin.url},
     ]  # fmt: skip
     dep = fleet_deployment(tmp_path_factory.mktemp("site"), backends, shutdown_grace=1)
@@ -236,6 +256,32 @@ def test_ollama_generate_plain_and_raw(site: Deployment, engine: LlamaServer) ->
     )
     assert refused.status_code == 400
     assert "'suffix' is not supported by an OpenAI-compatible backend" in refused.json()["error"]
+
+
+def test_embeddings_from_an_engine_under_an_exact_namespaced_id(
+    site: Deployment, embedder: LlamaServer
+) -> None:
+    url = _url(site)
+    direct = _direct(
+        embedder, "/embeddings",
+        {"model": EMBED_ALIAS, "input": ["one", "two"], "encoding_format": "float"},
+    )  # fmt: skip
+    vectors = [d["embedding"] for d in sorted(direct["data"], key=lambda d: d["index"])]
+    answer = ollama.Client(host=url, headers=ADMIN).embed(model=EMBED_ALIAS, input=["one", "two"])
+    assert len(answer.embeddings) == 2 and len(answer.embeddings[0]) == len(vectors[0]) > 0
+    for got, want in zip(answer.embeddings, vectors, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    assert answer.prompt_eval_count == direct["usage"]["prompt_tokens"]
+    v1 = openai.OpenAI(base_url=url + "/v1", api_key="admin").embeddings.create(
+        model=EMBED_ALIAS, input="one"
+    )
+    assert v1.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    assert v1.usage.prompt_tokens > 0
+    for wrong in ("acme/tiny-embed", "Acme/Tiny-Embed:latest", "Tiny-Embed"):
+        missed = httpx.post(
+            url + "/api/embed", json={"model": wrong, "input": "one"}, headers=ADMIN, timeout=10
+        )
+        assert missed.status_code == 404, (wrong, missed.text)
 
 
 def test_the_seed_surface_reaches_the_engine(site: Deployment, engine: LlamaServer) -> None:
