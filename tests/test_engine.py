@@ -145,6 +145,7 @@ def test_the_engines_models_join_the_catalogue_with_their_exact_ids(site: Deploy
     assert MODEL_ALIAS in engine["models"]
     shown = site.cli("backends", "--key", "admin", "--gateway", url).stdout
     assert "engine  openai" in shown and "up" in shown
+    assert "loaded: tiny (an engine keeps what it serves loaded)" in shown
 
 
 def test_engine_ids_are_exact_and_case_sensitive(site: Deployment) -> None:

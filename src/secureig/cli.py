@@ -871,10 +871,14 @@ def backends(
         state = "up" if r.state == "up" else f"down ({r.why})"
         busy = f"  busy for {r.busy_for:g}s" if r.busy_for else ""
         typer.echo(f"{r.name}  {r.kind}  {r.url}  {state}{live}{busy}")
-        if r.version:
-            typer.echo(f"    version {r.version}, weight {r.weight:g}")
+        version = f"version {r.version}, " if r.version else ""
+        typer.echo(f"    {version}weight {r.weight:g}")
         typer.echo(f"    models ({len(r.models)}): {', '.join(r.models) or '-'}")
-        loaded = ", ".join(f"{m.name} ({m.seconds_left:.0f}s left)" for m in r.loaded)
+        if r.kind == "openai":
+            loaded = ", ".join(m.name for m in r.loaded)
+            loaded += " (an engine keeps what it serves loaded)" if loaded else ""
+        else:
+            loaded = ", ".join(f"{m.name} ({m.seconds_left:.0f}s left)" for m in r.loaded)
         typer.echo(f"    loaded: {loaded or '-'}")
         for error in r.recent_errors[-3:]:
             typer.echo(f"    error {error}")

@@ -284,7 +284,7 @@ class OpenAIClient(PooledClient):
                 )
                 models.append(TagEntry(name=model_id, digest="", size=0, modified_at=when))
         self._models = models
-        return "openai"
+        return ""  # an engine has no version to tell
 
     async def tags(self) -> list[TagEntry]:
         """The models of the last health check."""
