@@ -199,40 +199,41 @@ class OllamaClient(PooledClient):
             raise UpstreamUnavailable("upstream sent no version: is it an Ollama server?")
         return version[:64]
 
-    async def tags(self) -> list[TagEntry]:
-        """The models the upstream serves, as `/api/tags` lists them."""
-        data = await self.get_json("/api/tags", "list its models")
+    async def _listed(self, path: str, what: str, missing: str) -> list[tuple[str, dict[str, Any]]]:
+        """Each named model of an Ollama list (`/api/tags`, `/api/ps`), with its entry."""
+        data = await self.get_json(path, what)
         models = data.get("models") if isinstance(data, dict) else None
         if not isinstance(models, list):
-            raise UpstreamUnavailable("upstream sent no model list")
-        entries = []
+            raise UpstreamUnavailable(f"upstream sent no {missing}")
+        listed = []
         for item in models:
-            if isinstance(item, dict) and isinstance(item.get("name") or item.get("model"), str):
-                entries.append(
-                    TagEntry(
-                        name=str(item.get("name") or item.get("model")),
-                        digest=str(item.get("digest", "")),
-                        size=int(item.get("size") or 0),
-                        modified_at=str(item.get("modified_at", "")),
-                        details=dict(item.get("details") or {}),
-                    )
-                )
-        return entries
+            if isinstance(item, dict):
+                name = item.get("name") or item.get("model")
+                if isinstance(name, str):
+                    listed.append((name, item))
+        return listed
+
+    async def tags(self) -> list[TagEntry]:
+        """The models the upstream serves, as `/api/tags` lists them."""
+        return [
+            TagEntry(
+                name=name,
+                digest=str(item.get("digest", "")),
+                size=int(item.get("size") or 0),
+                modified_at=str(item.get("modified_at", "")),
+                details=dict(item.get("details") or {}),
+            )
+            for name, item in await self._listed("/api/tags", "list its models", "model list")
+        ]
 
     async def running(self) -> list[Loaded]:
         """What the upstream has loaded, from `/api/ps`, and until when."""
-        data = await self.get_json("/api/ps", "list its loaded models")
-        models = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(models, list):
-            raise UpstreamUnavailable("upstream sent no list of loaded models")
         loaded = []
-        for item in models:
-            if isinstance(item, dict) and isinstance(item.get("name") or item.get("model"), str):
-                until = item.get("expires_at")
-                loaded.append(
-                    Loaded(
-                        name=str(item.get("name") or item.get("model"))[:500],
-                        expires_at=until[:64] if isinstance(until, str) else "",
-                    )
-                )
+        for name, item in await self._listed(
+            "/api/ps", "list its loaded models", "list of loaded models"
+        ):
+            until = item.get("expires_at")
+            loaded.append(
+                Loaded(name=name[:500], expires_at=until[:64] if isinstance(until, str) else "")
+            )
         return loaded
