@@ -59,6 +59,8 @@ def test_format_and_think_become_the_engines_switches() -> None:
     body = engine_request("/api/chat", _chat(format="json", think="high"), "m").body
     assert body["response_format"] == {"type": "json_object"}
     assert body["reasoning_effort"] == "high"
+    # The /v1 surface's strongest effort ("xhigh", "max") arrives as "max".
+    assert engine_request("/api/chat", _chat(think="max"), "m").body["reasoning_effort"] == "max"
     with pytest.raises(EngineError, match="think must be"):
         engine_request("/api/chat", _chat(think="ultra"), "m")
     with pytest.raises(EngineError, match="format must be"):

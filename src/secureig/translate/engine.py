@@ -191,10 +191,10 @@ def _think(native: dict[str, Any], body: dict[str, Any]) -> None:
     if isinstance(think, bool):
         # The switch vLLM, SGLang and llama.cpp's server pass to the model's chat template.
         body["chat_template_kwargs"] = {"enable_thinking": think}
-    elif think in ("low", "medium", "high"):
+    elif think in ("low", "medium", "high", "max"):
         body["reasoning_effort"] = think
     elif think is not None:
-        raise EngineError('think must be true, false, "low", "medium" or "high"', "think")
+        raise EngineError('think must be true, false, "low", "medium", "high" or "max"', "think")
 
 
 def _logprobs(native: dict[str, Any], body: dict[str, Any], path: str) -> None:
