@@ -17,7 +17,7 @@ import redis
 
 from secureig.policy.limits import MINUTE, LimiterUnavailable, Limits, RateLimited
 from secureig.policy.redis_limits import RedisLimiter
-from tests.conftest import Deployment
+from tests.conftest import Deployment, wait_for_fresh_minute
 from tests.servers import OwnRedis
 from tests.standin import OllamaStandIn
 
@@ -77,6 +77,8 @@ def test_admissions_that_timed_out_hold_and_spend_nothing(own_redis: OwnRedis) -
 
 
 def test_a_release_that_timed_out_lands_once(own_redis: OwnRedis) -> None:
+    # Tokens are counted per calendar minute: the pause and the retries must not straddle one.
+    wait_for_fresh_minute(needed=20)
     limits = Limits(concurrency=1, tpm=10_000)
     limiter = RedisLimiter(own_redis.url, PREFIX, lease_ttl=30.0, timeout=0.3)
 
