@@ -4,18 +4,32 @@ OpenAI objects, SSE events and error bodies. Pure: dicts in, dicts and bytes out
 from __future__ import annotations
 
 import base64
-import binascii
-import json
-import math
-import secrets
 import sys
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from secureig.translate._common import (
+    TranslationError,
+    base64_data,
+    body_object,
+    boolean,
+    compact_json,
+    data_uri_image,
+    encode,
+    integer,
+    model_field,
+    new_id,
+    number,
+    reasoning_effort,
+    shown_value,
+    string,
+    text_of,
+    token_count,
+    tool_arguments,
+    tool_name_for,
+)
 from secureig.untrusted import shown
 
 __all__ = [
@@ -42,7 +56,6 @@ __all__ = [
 SSE_DONE = b"data: [DONE]\n\n"
 FINGERPRINT = "fp_ollama"
 
-_ID_BYTES = 18  # 24 base64url characters
 _ROLES = {
     "system": "system",
     # Chat templates know no "developer" turn; OpenAI treats it as the system prompt.
@@ -53,41 +66,7 @@ _ROLES = {
     # The deprecated function-result role is a tool result under another name.
     "function": "tool",
 }
-_IMAGE_HEADERS = frozenset(
-    f"data:{mime};base64"
-    for mime in ("image/png", "image/jpeg", "image/jpg", "image/webp", "")  # "" = bare base64
-)
-_EFFORTS: dict[str, bool | str] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
-_EFFORT_HELP = '(must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
 _MAX_TOP_LOGPROBS = 20  # Ollama's own bound; beyond it the upstream answers 400
-
-
-class TranslationError(Exception):
-    """Invalid OpenAI request -> 400 invalid_request_error."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def _shown(value: object) -> str:
-    return shown(value) if isinstance(value, str) else shown(repr(value))
-
-
-def new_id(prefix: str) -> str:
-    """`prefix` + 24 random URL-safe characters (144 bits): unique per call, unlike Ollama's
-    `chatcmpl-<0..998>`, which collides within a few dozen requests."""
-    return prefix + secrets.token_urlsafe(_ID_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,60 +103,6 @@ class EmbeddingsPlan:
 # often serialise unset optional fields as null.
 
 
-def _body(body: object) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise TranslationError("request body must be a JSON object")
-    return body
-
-
-def _model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise TranslationError("you must provide a model parameter", "model")
-    return model
-
-
-def _bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is None or isinstance(value, bool):
-        return value
-    raise TranslationError(f"'{key}' must be a boolean", key)
-
-
-def _number(body: dict[str, Any], key: str) -> int | float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    # bool is an int subclass, and NaN/inf would make the native body invalid JSON for Go.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TranslationError(f"'{key}' must be a number", key)
-    return value
-
-
-def _int(
-    body: dict[str, Any], key: str, *, low: int | None = None, high: int | None = None
-) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    # Go's decoder rejects 100.0 for an int field; accept it here and send 100.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TranslationError(f"'{key}' must be an integer", key)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise TranslationError(f"'{key}' must be {bounds}", key)
-    return value
-
-
-def _string(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise TranslationError(f"'{key}' must be a string", key)
-
-
 def _stop(body: dict[str, Any]) -> list[str] | None:
     stop = body.get("stop")
     if stop is None:
@@ -190,7 +115,7 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
 
 
 def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = bool(_bool(body, "stream"))
+    stream = bool(boolean(body, "stream"))
     options = body.get("stream_options")
     if options is None:
         return stream, False
@@ -206,7 +131,7 @@ def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def _single_choice(body: dict[str, Any]) -> None:
-    n = _int(body, "n")
+    n = integer(body, "n")
     if n is not None and n != 1:
         raise TranslationError("only n=1 is supported", "n")
 
@@ -216,46 +141,19 @@ def _sampling(body: dict[str, Any], options: dict[str, Any]) -> None:
     stop = _stop(body)
     if stop is not None:
         options["stop"] = stop
-    temperature = _number(body, "temperature")
+    temperature = number(body, "temperature")
     options["temperature"] = 1.0 if temperature is None else temperature
     for key in ("frequency_penalty", "presence_penalty"):
-        value = _number(body, key)
+        value = number(body, key)
         if value is not None:
             options[key] = value
-    seed = _int(body, "seed")
+    seed = integer(body, "seed")
     if seed is not None:
         options["seed"] = seed
 
 
 # --------------------------------------------------------------------------------------------
 # Chat requests
-
-
-def _decode_image(url: str) -> str:
-    """A data URI -> the raw base64 Ollama takes; remote URLs are refused (no fetching here)."""
-    lowered = url[:8].lower()
-    if lowered.startswith(("http://", "https://")):
-        raise TranslationError(
-            "image URLs are not currently supported, please use base64 encoded data instead",
-            "messages",
-        )
-    header, comma, data = url.partition(",")
-    if not comma or header.lower() not in _IMAGE_HEADERS:
-        raise TranslationError("invalid image input", "messages")
-    return _base64(data, "invalid image input")
-
-
-def _base64(data: str, error: str) -> str:
-    # Go's decoder skips line breaks; do the same, then insist on strict standard base64.
-    if "\n" in data or "\r" in data:
-        data = data.replace("\r", "").replace("\n", "")
-    try:
-        decoded = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise TranslationError(error, "messages") from None
-    if not decoded:
-        raise TranslationError(error, "messages")
-    return data
 
 
 def _parts(parts: list[Any], where: str) -> tuple[str, list[str]]:
@@ -276,32 +174,17 @@ def _parts(parts: list[Any], where: str) -> tuple[str, list[str]]:
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
                 raise TranslationError(f"{where}: image_url part without a 'url'", "messages")
-            images.append(_decode_image(url))
+            images.append(data_uri_image(url))
         elif kind == "input_audio":
             # Ollama's layer hands audio bytes to multimodal models through `images`.
             audio = part.get("input_audio")
             data = audio.get("data") if isinstance(audio, dict) else None
             if not isinstance(data, str):
                 raise TranslationError(f"{where}: input_audio part without 'data'", "messages")
-            images.append(_base64(data, "invalid input_audio base64 data"))
+            images.append(base64_data(data, "invalid input_audio base64 data"))
         else:
             raise TranslationError(f"{where}: invalid message format", "messages")
     return "\n".join(texts), images
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str):
-        if not raw.strip():
-            return {}  # some clients send "" for a call without arguments
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            return parsed
-    raise TranslationError("invalid tool call arguments", "messages")
 
 
 def _tool_calls_in(raw: Any, where: str) -> list[dict[str, Any]]:
@@ -317,19 +200,9 @@ def _tool_calls_in(raw: Any, where: str) -> list[dict[str, Any]]:
         call_id = call.get("id")
         if isinstance(call_id, str) and call_id:
             native["id"] = call_id
-        native["function"] = {"name": name, "arguments": _arguments(function.get("arguments"))}
+        native["function"] = {"name": name, "arguments": tool_arguments(function.get("arguments"))}
         calls.append(native)
     return calls
-
-
-def _tool_name(history: list[dict[str, Any]], call_id: str) -> str | None:
-    # Newest first, so a reused call id resolves to its latest call ("last one wins", as Ollama).
-    for message in reversed(history):
-        for call in message.get("tool_calls", ()):
-            if call.get("id") == call_id:
-                name: str = call["function"]["name"]
-                return name
-    return None
 
 
 def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -339,7 +212,7 @@ def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, A
     given_role = raw.get("role")
     role = _ROLES.get(given_role.lower()) if isinstance(given_role, str) else None
     if role is None:
-        raise TranslationError(f"{where}: invalid role {_shown(given_role)}", "messages")
+        raise TranslationError(f"{where}: invalid role {shown_value(given_role)}", "messages")
     native: dict[str, Any] = {"role": role}
 
     calls: list[dict[str, Any]] = []
@@ -374,7 +247,7 @@ def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, A
         name = raw.get("name")
         call_id = raw.get("tool_call_id")
         if not isinstance(name, str) or not name:
-            name = _tool_name(history, call_id) if isinstance(call_id, str) else None
+            name = tool_name_for(history, call_id) if isinstance(call_id, str) else None
         if name:
             native["tool_name"] = name
         if isinstance(call_id, str) and call_id:
@@ -420,23 +293,6 @@ def _format(body: dict[str, Any]) -> Any:
     raise TranslationError(f"invalid response_format type {shown(kind)}", "response_format.type")
 
 
-def _think(body: dict[str, Any]) -> bool | str | None:
-    effort: Any = None
-    param = "reasoning_effort"
-    reasoning = body.get("reasoning")
-    if reasoning is not None:
-        if not isinstance(reasoning, dict):
-            raise TranslationError("'reasoning' must be an object", "reasoning")
-        effort, param = reasoning.get("effort"), "reasoning.effort"
-    if effort is None:
-        effort, param = body.get("reasoning_effort"), "reasoning_effort"
-    if effort is None or effort == "":
-        return None  # the model's default
-    if not isinstance(effort, str) or effort not in _EFFORTS:
-        raise TranslationError(f"invalid reasoning value: {_shown(effort)} {_EFFORT_HELP}", param)
-    return _EFFORTS[effort]
-
-
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     tools = body.get("tools")
     if tools is None:
@@ -460,20 +316,20 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 def chat_request(body: object) -> ChatPlan:
     """OpenAI chat.completions body -> /api/chat body."""
-    body = _body(body)
-    model = _model(body)
+    body = body_object(body)
+    model = model_field(body)
     messages = _messages(body)
     stream, include_usage = _streaming(body)
     _single_choice(body)
 
     options: dict[str, Any] = {}
     _sampling(body, options)
-    max_tokens = _int(body, "max_completion_tokens", low=1)
+    max_tokens = integer(body, "max_completion_tokens", low=1)
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", low=1)
+        max_tokens = integer(body, "max_tokens", low=1)
     if max_tokens is not None:
         options["num_predict"] = max_tokens
-    top_p = _number(body, "top_p")
+    top_p = number(body, "top_p")
     options["top_p"] = 1.0 if top_p is None else top_p
 
     native: dict[str, Any] = {
@@ -488,13 +344,13 @@ def chat_request(body: object) -> ChatPlan:
     tools = _tools(body)
     if tools is not None:
         native["tools"] = tools
-    think = _think(body)
+    think = reasoning_effort(body)
     if think is not None:
         native["think"] = think
-    logprobs = _bool(body, "logprobs")
+    logprobs = boolean(body, "logprobs")
     if logprobs is not None:
         native["logprobs"] = logprobs
-    top_logprobs = _int(body, "top_logprobs", low=0, high=_MAX_TOP_LOGPROBS)
+    top_logprobs = integer(body, "top_logprobs", low=0, high=_MAX_TOP_LOGPROBS)
     if top_logprobs is not None:
         native["top_logprobs"] = top_logprobs
     return ChatPlan(native=native, model=model, stream=stream, include_usage=include_usage)
@@ -524,23 +380,23 @@ def _prompt(body: dict[str, Any]) -> str:
 
 def completion_request(body: object) -> CompletionPlan:
     """OpenAI completions body -> /api/generate body."""
-    body = _body(body)
-    model = _model(body)
+    body = body_object(body)
+    model = model_field(body)
     prompt = _prompt(body)
     stream, include_usage = _streaming(body)
     _single_choice(body)
-    if _bool(body, "echo"):
+    if boolean(body, "echo"):
         raise TranslationError("'echo' is not supported", "echo")
-    best_of = _int(body, "best_of")
+    best_of = integer(body, "best_of")
     if best_of is not None and best_of != 1:
         raise TranslationError("only best_of=1 is supported", "best_of")
 
     options: dict[str, Any] = {}
     _sampling(body, options)
-    max_tokens = _int(body, "max_tokens", low=1)
+    max_tokens = integer(body, "max_tokens", low=1)
     if max_tokens is not None:
         options["num_predict"] = max_tokens
-    top_p = _number(body, "top_p")
+    top_p = number(body, "top_p")
     # As Ollama's completions layer: 0 means "unset" here, not greedy nucleus sampling.
     options["top_p"] = top_p if top_p else 1.0
 
@@ -550,10 +406,10 @@ def completion_request(body: object) -> CompletionPlan:
         "stream": stream,
         "options": options,
     }
-    suffix = _string(body, "suffix")
+    suffix = string(body, "suffix")
     if suffix:
         native["suffix"] = suffix
-    logprobs = _int(body, "logprobs", low=0, high=_MAX_TOP_LOGPROBS)
+    logprobs = integer(body, "logprobs", low=0, high=_MAX_TOP_LOGPROBS)
     if logprobs:
         native["logprobs"] = True
         native["top_logprobs"] = logprobs
@@ -562,8 +418,8 @@ def completion_request(body: object) -> CompletionPlan:
 
 def embeddings_request(body: object) -> EmbeddingsPlan:
     """OpenAI embeddings body -> /api/embed body."""
-    body = _body(body)
-    model = _model(body)
+    body = body_object(body)
+    model = model_field(body)
     data = body.get("input")
     if data == "":
         data = [""]
@@ -582,12 +438,12 @@ def embeddings_request(body: object) -> EmbeddingsPlan:
         fmt = "float"
     if not isinstance(fmt, str) or fmt.lower() not in ("float", "base64"):
         raise TranslationError(
-            f"Invalid value for 'encoding_format' = {_shown(fmt)}."
+            f"Invalid value for 'encoding_format' = {shown_value(fmt)}."
             " Supported values: ['float', 'base64'].",
             "encoding_format",
         )
     native: dict[str, Any] = {"model": model, "input": data}
-    dimensions = _int(body, "dimensions", low=1)
+    dimensions = integer(body, "dimensions", low=1)
     if dimensions is not None:
         native["dimensions"] = dimensions
     return EmbeddingsPlan(native=native, model=model, encoding_format=fmt.lower())
@@ -597,14 +453,9 @@ def embeddings_request(body: object) -> EmbeddingsPlan:
 # Responses
 
 
-def _count(native: dict[str, Any], key: str) -> int:
-    value = native.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _usage(native: dict[str, Any]) -> dict[str, int]:
-    prompt = _count(native, "prompt_eval_count")
-    completion = _count(native, "eval_count")
+    prompt = token_count(native, "prompt_eval_count")
+    completion = token_count(native, "eval_count")
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -619,10 +470,6 @@ def _finish(done_reason: Any, tool_calls: bool) -> str:
     return "tool_calls" if tool_calls else "stop"
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _tool_call_out(call: Any, index: int | None = None) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict):
@@ -630,7 +477,7 @@ def _tool_call_out(call: Any, index: int | None = None) -> dict[str, Any]:
     name = function.get("name")
     arguments = function.get("arguments")
     if not isinstance(arguments, str):
-        arguments = _json({} if arguments is None else arguments)
+        arguments = compact_json({} if arguments is None else arguments)
     call_id = call.get("id") if isinstance(call, dict) else None
     out: dict[str, Any] = {} if index is None else {"index": index}
     out["id"] = call_id if isinstance(call_id, str) and call_id else new_id("call_")
@@ -690,24 +537,19 @@ def _completion_logprobs(raw: Any, offset: int) -> tuple[dict[str, Any] | None, 
     return shape, offset
 
 
-def _text(container: Any, key: str) -> str:
-    value = container.get(key) if isinstance(container, dict) else None
-    return value if isinstance(value, str) else ""
-
-
 def chat_response(native: dict[str, Any], *, model: str, id: str, created: int) -> dict[str, Any]:
     """A non-streamed /api/chat answer -> chat.completion."""
     message = native.get("message")
     calls = message.get("tool_calls") if isinstance(message, dict) else None
     tool_calls = [_tool_call_out(call) for call in calls or ()]
-    content = _text(message, "content")
+    content = text_of(message, "content")
     out: dict[str, Any] = {
         "role": "assistant",
         # OpenAI answers a pure tool call with null content, and clients test for it.
         "content": None if tool_calls and not content else content,
         "refusal": None,
     }
-    thinking = _text(message, "thinking")
+    thinking = text_of(message, "thinking")
     if thinking:
         out["reasoning"] = thinking
     if tool_calls:
@@ -735,7 +577,7 @@ def completion_response(
     """A non-streamed /api/generate answer -> text_completion."""
     logprobs, _ = _completion_logprobs(native.get("logprobs"), 0)
     choice = {
-        "text": _text(native, "response"),
+        "text": text_of(native, "response"),
         "index": 0,
         "logprobs": logprobs,
         "finish_reason": _finish(native.get("done_reason"), False),
@@ -771,7 +613,7 @@ def embeddings_response(
         }
         for index, vector in enumerate(native.get("embeddings") or ())
     ]
-    tokens = _count(native, "prompt_eval_count")
+    tokens = token_count(native, "prompt_eval_count")
     return {
         "object": "list",
         "data": data,
@@ -788,7 +630,7 @@ def _stream_error(line: dict[str, Any]) -> str | None:
     error = line.get("error")
     if not error:
         return None
-    return error if isinstance(error, str) else _json(error)
+    return error if isinstance(error, str) else compact_json(error)
 
 
 class ChatStream:
@@ -839,12 +681,12 @@ class ChatStream:
 
         message = line.get("message")
         deltas: list[dict[str, Any]] = []
-        thinking = _text(message, "thinking")
+        thinking = text_of(message, "thinking")
         if thinking:
             # Its own chunk, as Ollama does, so reasoning never shares a delta with content.
             deltas.append({"reasoning": thinking})
         delta: dict[str, Any] = {}
-        content = _text(message, "content")
+        content = text_of(message, "content")
         if content:
             delta["content"] = content
         calls = message.get("tool_calls") if isinstance(message, dict) else None
@@ -923,7 +765,7 @@ class CompletionStream:
             self.error = error
             return [error_body(error, "server_error")]
 
-        text = _text(line, "response")
+        text = text_of(line, "response")
         done = line.get("done") is True
         logprobs, self._offset = _completion_logprobs(line.get("logprobs"), self._offset)
         chunks: list[dict[str, Any]] = []
@@ -949,12 +791,7 @@ class CompletionStream:
 
 def sse(obj: dict[str, Any]) -> bytes:
     """One server-sent event: `data: <compact JSON>` and a blank line."""
-    try:
-        payload = orjson.dumps(obj)
-    except (orjson.JSONEncodeError, UnicodeEncodeError):
-        # A lone surrogate from upstream cannot be UTF-8; JSON escapes keep the event valid.
-        payload = json.dumps(obj, separators=(",", ":")).encode("ascii")
-    return b"data: " + payload + b"\n\n"
+    return b"data: " + encode(obj) + b"\n\n"
 
 
 def error_body(
