@@ -41,6 +41,7 @@ _SIGNIN_URL = "https://ollama.com/connect?name=ollama-standin&key=" + _SIGNIN_KE
     "="
 )
 # What a gateway's health check asks every interval; recorded only when asked for.
+OWN_TRANSLATION = "answered by Ollama's own translation"
 _PROBES = frozenset({"/api/version", "/api/tags", "/api/ps"})
 # Go clamps a negative keep_alive to MaxInt64 nanoseconds (~292 years): "loaded forever".
 _FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
@@ -1005,6 +1006,8 @@ class OllamaStandIn:
                         "rate-limited" (429) for generate/chat
       fail_after        chunks (progress lines) sent before the error line in "midstream" mode
       tags_fail         /api/tags answers 500
+      counts            False: final lines carry no prompt_eval_count / eval_count, as a server
+                        that does not count (or an older one) answers
       record            keep RecordedRequest entries in `requests` (switch off for long benchmarks)
       record_probes     keep GETs of /api/version, /api/tags and /api/ps too: a gateway's health
                         check asks them every interval, so they are left out by default
@@ -1023,6 +1026,7 @@ class OllamaStandIn:
     fail: str | None
     fail_after: int
     tags_fail: bool
+    counts: bool
     version: str
     record: bool
     record_probes: bool
@@ -1176,6 +1180,7 @@ class OllamaStandIn:
             self.fail = None
             self.fail_after = 2
             self.tags_fail = False
+            self.counts = True
             self.version = DEFAULT_VERSION
             self.record = True
             self.record_probes = False
@@ -1278,6 +1283,10 @@ class OllamaStandIn:
             "/api/signout": {"POST": self._signout},
             "/api/experimental/web_search": {"POST": self._unauthorized},
             "/api/experimental/web_fetch": {"POST": self._unauthorized},
+            # Ollama's own translations of these APIs (0.13.3+, 2026): a gateway that forwarded
+            # them instead of translating would answer with OWN_TRANSLATION.
+            "/v1/messages": {"POST": self._own_messages},
+            "/v1/responses": {"POST": self._own_responses},
         }
 
     def _routes(self, path: str) -> dict[str, _Handler]:
@@ -1404,6 +1413,16 @@ class OllamaStandIn:
 
     async def _me(self, request: web.Request, body: bytes) -> web.StreamResponse:
         return _json_response({"error": "unauthorized", "signin_url": _SIGNIN_URL}, status=401)
+
+    async def _own_messages(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        text = {"type": "text", "text": OWN_TRANSLATION}
+        answer = {"id": "msg_ollama", "type": "message", "role": "assistant", "content": [text]}
+        return _json_response({**answer, "stop_reason": "end_turn", "stop_sequence": None})
+
+    async def _own_responses(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        part = {"type": "output_text", "text": OWN_TRANSLATION, "annotations": []}
+        item = {"id": "msg_ollama", "type": "message", "role": "assistant", "content": [part]}
+        return _json_response({"id": "resp_ollama", "object": "response", "output": [item]})
 
     async def _signout(self, request: web.Request, body: bytes) -> web.StreamResponse:
         return _json_response({})
@@ -1543,9 +1562,8 @@ class OllamaStandIn:
             return pieces[: int(limit)], "length"
         return pieces, "stop"
 
-    @staticmethod
     def _metrics(
-        call: _Call, eval_start_ns: int, prompt_count: int, eval_count: int
+        self, call: _Call, eval_start_ns: int, prompt_count: int, eval_count: int
     ) -> dict[str, int]:
         now = time.monotonic_ns()
         load = max(1, call.loaded_ns - call.start_ns)
@@ -1560,6 +1578,8 @@ class OllamaStandIn:
             "eval_count": eval_count,
             "eval_duration": evaluation,
         }
+        if not self.counts:
+            del metrics["prompt_eval_count"], metrics["eval_count"]
         return {k: v for k, v in metrics.items() if v}  # Go's omitempty
 
     async def _emit(

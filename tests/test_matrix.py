@@ -86,11 +86,6 @@ ROUTES = [
     # Routes Ollama has that the gateway does not implement: 404, never forwarded.
     Route("ollama", "GET", "/api/status", None, _expect(404, 404, 404, 404, anon=404),
           forwarded=False),
-    Route("openai", "POST", "/v1/responses", {"model": "llama2", "input": "hi"},
-          _expect(404, 404, 404, 404, anon=404), forwarded=False),
-    Route("openai", "POST", "/v1/messages",
-          {"model": "llama2", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
-          _expect(404, 404, 404, 404, anon=404), forwarded=False),
     Route("openai", "POST", "/v1/audio/transcriptions", b"audio",
           _expect(404, 404, 404, 404, anon=404), forwarded=False),
     # OpenAI-compatible
@@ -102,6 +97,16 @@ ROUTES = [
     Route("openai", "POST", "/v1/embeddings",
           {"model": "llama2", "input": "hi"}, _expect(200, 403, 403, 200)),
     Route("openai", "GET", "/v1/models", None, _expect(200, 200, 200, 200)),
+    # The agent APIs: translated to native chat, so Ollama's own /v1/messages and /v1/responses
+    # are never reached.
+    Route("responses", "POST", "/v1/responses", {"model": "llama2", "input": "hi"},
+          _expect(200, 403, 403, 200), forwarded=False),
+    Route("anthropic", "POST", "/v1/messages",
+          {"model": "llama2", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+          _expect(200, 403, 403, 200), forwarded=False),
+    Route("anthropic", "POST", "/v1/messages/count_tokens",
+          {"model": "llama2", "messages": [{"role": "user", "content": "hi"}]},
+          _expect(200, 403, 403, 200), forwarded=False),
     Route("openai", "GET", "/v1/models/llama2:latest", None, _expect(200, 403, 200, 200)),
 ]  # fmt: skip
 
@@ -148,6 +153,14 @@ def _assert_shape(route: Route, response: httpx.Response) -> None:
     body = response.json()
     if route.surface == "ollama":
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    elif route.surface == "anthropic":
+        assert set(body) == {"type", "error"} and body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}
+        expected_type = {
+            401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+        }.get(response.status_code)  # fmt: skip
+        if expected_type:
+            assert body["error"]["type"] == expected_type
     else:
         assert set(body) == {"error"}
         assert set(body["error"]) == {"message", "type", "param", "code"}
@@ -216,8 +229,8 @@ def test_unknown_routes_and_methods(matrix: tuple[Deployment, dict[str, str | No
     assert unknown.status_code == 404 and set(unknown.json()) == {"error"}
     wrong = httpx.get(url + "/api/generate", headers=admin)
     assert wrong.status_code == 405 and set(wrong.json()) == {"error"}
-    v1_unknown = httpx.post(url + "/v1/responses", json={}, headers=admin)
+    v1_unknown = httpx.post(url + "/v1/audio/speech", json={}, headers=admin)
     assert v1_unknown.status_code == 404
-    assert v1_unknown.json()["error"]["message"] == "Invalid URL (POST /v1/responses)"
+    assert v1_unknown.json()["error"]["message"] == "Invalid URL (POST /v1/audio/speech)"
     bad_digest = httpx.head(url + "/api/blobs/sha256:nothex", headers=admin)
     assert bad_digest.status_code == 400

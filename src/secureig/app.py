@@ -49,9 +49,11 @@ from secureig.surfaces._asgi import (
 )
 from secureig.surfaces._forward import Forwarder
 from secureig.surfaces.admin import AdminGate, admin_router
+from secureig.surfaces.anthropic import AnthropicSurface
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
+from secureig.surfaces.responses import ResponsesSurface
 from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
@@ -452,6 +454,8 @@ def create_app(settings: Settings) -> GatewayApp:
         gateway.gatekeeper, forwarder, settings.max_body_bytes, settings.max_blob_bytes
     )
     openai = OpenAISurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
+    messages = AnthropicSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
+    responses = ResponsesSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
     public = (
         settings.metrics_public
         if settings.metrics_public is not None
@@ -464,8 +468,13 @@ def create_app(settings: Settings) -> GatewayApp:
         gateway,
         routes={
             "/request": seed, "/api": ollama, "/v1": openai, "/metrics": metrics, "/admin": admin,
+            "/v1/messages": messages, "/v1/responses": responses,
         },
-        prefixes={"/api/": ollama, "/v1/": openai, "/admin/": admin},
+        # In order: the Messages and Responses paths before the rest of /v1.
+        prefixes={
+            "/api/": ollama, "/v1/messages/": messages, "/v1/responses/": responses,
+            "/v1/": openai, "/admin/": admin,
+        },
         fallback=api,
         allowed_hosts=settings.trusted_hosts,
     )  # fmt: skip

@@ -7,6 +7,8 @@ machinery costs more than everything the gateway decides (see DESIGN.md, "Hot pa
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -89,7 +91,9 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def api_key(scope: Scope) -> str | None:
-    """The key from `X-API-KEY` or `Authorization: Bearer`; never from the query string."""
+    """The key from `X-API-KEY`, `Authorization: Bearer`, or `Authorization: Basic` with the key
+    as the password (`http://user:KEY@host`; the user part is ignored); never from the query
+    string."""
     authorization: bytes | None = None
     for key, value in scope["headers"]:
         if key == b"x-api-key":
@@ -98,9 +102,22 @@ def api_key(scope: Scope) -> str | None:
             authorization = value
     if authorization is not None:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer":
+        scheme = scheme.lower()
+        if scheme == "bearer":
             return str(token).strip()
+        if scheme == "basic":
+            return _basic_password(token.strip())
     return None
+
+
+def _basic_password(token: str) -> str | None:
+    # A value that is not base64 "user:password" is no key at all: 401 like any wrong key.
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon and password else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -162,10 +179,14 @@ async def respond_error(
     scope: Scope, send: Send, status: int, message: str, param: str | None = None
 ) -> None:
     """An error before any surface has looked at the request, in the shape its path's surface
-    uses: plain text for the seed, OpenAI's envelope under /v1, `{"error"}` everywhere else."""
+    uses: plain text for the seed, Anthropic's envelope under /v1/messages, OpenAI's under the
+    rest of /v1, `{"error"}` everywhere else."""
     path: str = scope.get("path", "")
     if path == "/request":
         await respond(send, status, message.encode(), b"text/plain; charset=utf-8")
+    elif path == "/v1/messages" or path.startswith("/v1/messages/"):
+        refusal = {"type": "invalid_request_error", "message": message}
+        await respond_json(send, status, {"type": "error", "error": refusal})
     elif path == "/v1" or path.startswith("/v1/"):
         error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
         await respond_json(send, status, {"error": error})

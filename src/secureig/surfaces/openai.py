@@ -20,7 +20,6 @@ from secureig.errors import (
     TooManyRequests,
     UpstreamError,
     UpstreamStatusError,
-    UpstreamStreamError,
 )
 from secureig.policy import Gatekeeper, Operation, Principal
 from secureig.surfaces._asgi import (
@@ -32,11 +31,11 @@ from secureig.surfaces._asgi import (
     api_key,
     client_address,
     exchange_of,
-    parse_json,
     read_body,
     respond_json,
 )
 from secureig.surfaces._forward import Forwarder
+from secureig.surfaces._translated import SSE_HEADERS, json_body, whole_answer
 from secureig.translate import (
     SSE_DONE,
     ChatPlan,
@@ -70,11 +69,6 @@ _NATIVE_PATH = {
     Operation.EMBED: "/api/embed",
 }
 Plan = ChatPlan | CompletionPlan | EmbeddingsPlan
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 _TYPES = {
@@ -103,15 +97,6 @@ def render(error: GatewayError) -> tuple[int, dict[str, Any], Headers]:
         error_body(message, _TYPES.get(status, "api_error"), param=param, code=code),
         (error.headers),
     )
-
-
-def _parse(body: bytes) -> object:
-    if not body.strip():
-        raise RequestError("missing request body")
-    try:
-        return parse_json(body)
-    except ValueError as exc:
-        raise RequestError(f"We could not parse the JSON body of your request: {exc}") from None
 
 
 class OpenAISurface:
@@ -160,7 +145,7 @@ class OpenAISurface:
         if operation is Operation.SHOW:
             await self._model(send, ex, principal, model_in_path or "")
             return
-        body = _parse(await read_body(scope, receive, self._limit))
+        body = json_body(await read_body(scope, receive, self._limit))
         plan: Plan
         try:
             if operation is Operation.CHAT:
@@ -189,16 +174,6 @@ class OpenAISurface:
             else:
                 await self._complete(upstream, send, ex, operation, plan, started)
 
-    async def _single(self, upstream: NDJSONStream, ex: Exchange) -> dict[str, Any]:
-        """A non-streamed native answer: one JSON object (the last, should there be several)."""
-        answer: dict[str, Any] | None = None
-        async for line in upstream.lines():
-            answer = line
-        if answer is None:
-            raise UpstreamStreamError("upstream sent an empty answer")
-        ex.ledger.count_tokens(answer.get("prompt_eval_count"), answer.get("eval_count"))
-        return answer
-
     async def _complete(
         self,
         upstream: NDJSONStream,
@@ -208,8 +183,7 @@ class OpenAISurface:
         plan: ChatPlan | CompletionPlan,
         started: float,
     ) -> None:
-        native = await self._single(upstream, ex)
-        ex.upstream_seconds = time.perf_counter() - started
+        native = await whole_answer(upstream, ex, started)
         created = int(time.time())
         if operation is Operation.CHAT:
             answer = chat_response(
@@ -224,8 +198,7 @@ class OpenAISurface:
     async def _embeddings(
         self, upstream: NDJSONStream, send: Send, ex: Exchange, plan: EmbeddingsPlan, started: float
     ) -> None:
-        native = await self._single(upstream, ex)
-        ex.upstream_seconds = time.perf_counter() - started
+        native = await whole_answer(upstream, ex, started)
         answer = embeddings_response(native, model=plan.model, encoding_format=plan.encoding_format)
         await respond_json(send, 200, answer)
 
@@ -247,7 +220,7 @@ class OpenAISurface:
         lines = upstream.lines()
         first = await anext(lines, None)  # an error before any output is still an HTTP error
         ex.upstream_seconds = time.perf_counter() - started
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         try:
             line = first
             while line is not None:

@@ -1,5 +1,12 @@
 """Translations between client-facing API shapes and the native Ollama API."""
 
+from secureig.translate.anthropic import (
+    MessagesPlan,
+    MessagesStream,
+    message_response,
+    messages_request,
+)
+from secureig.translate.anthropic import error_body as anthropic_error
 from secureig.translate.openai import (
     SSE_DONE,
     ChatPlan,
@@ -20,6 +27,12 @@ from secureig.translate.openai import (
     new_id,
     sse,
 )
+from secureig.translate.responses import (
+    ResponsesPlan,
+    ResponsesStream,
+    response_object,
+    responses_request,
+)
 
 __all__ = [
     "SSE_DONE",
@@ -28,7 +41,12 @@ __all__ = [
     "CompletionPlan",
     "CompletionStream",
     "EmbeddingsPlan",
+    "MessagesPlan",
+    "MessagesStream",
+    "ResponsesPlan",
+    "ResponsesStream",
     "TranslationError",
+    "anthropic_error",
     "chat_request",
     "chat_response",
     "completion_request",
@@ -36,8 +54,12 @@ __all__ = [
     "embeddings_request",
     "embeddings_response",
     "error_body",
+    "message_response",
+    "messages_request",
     "model_object",
     "models_list",
     "new_id",
+    "response_object",
+    "responses_request",
     "sse",
 ]

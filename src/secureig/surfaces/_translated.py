@@ -1,0 +1,87 @@
+"""What the translating surfaces (OpenAI chat, Messages, Responses) share: reading the JSON body,
+a whole native answer, and relaying a native stream as the surface's server-sent events."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from secureig.errors import RequestError, UpstreamError, UpstreamStreamError
+from secureig.surfaces._asgi import Exchange, Send, parse_json
+from secureig.upstream import NDJSONStream
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+ENDED_EARLY = "the upstream ended the stream before it finished"
+
+
+class EventStream(Protocol):
+    """Native NDJSON lines in, the surface's encoded events out."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    def feed(self, line: dict[str, Any]) -> bytes: ...
+
+    def failed(self, message: str) -> bytes: ...
+
+
+def json_body(body: bytes) -> object:
+    if not body.strip():
+        raise RequestError("missing request body")
+    try:
+        return parse_json(body)
+    except ValueError as exc:
+        raise RequestError(f"We could not parse the JSON body of your request: {exc}") from None
+
+
+async def whole_answer(upstream: NDJSONStream, ex: Exchange, started: float) -> dict[str, Any]:
+    """A non-streamed native answer: one JSON object (the last, should there be several),
+    counted on the request's ledger."""
+    answer: dict[str, Any] | None = None
+    async for line in upstream.lines():
+        answer = line
+    ex.upstream_seconds = time.perf_counter() - started
+    if answer is None:
+        raise UpstreamStreamError("upstream sent an empty answer")
+    ex.ledger.count_tokens(answer.get("prompt_eval_count"), answer.get("eval_count"))
+    return answer
+
+
+async def relay(
+    upstream: NDJSONStream, send: Send, ex: Exchange, events: EventStream, started: float
+) -> None:
+    """Stream `upstream` out through `events`. The status goes out with the first native line,
+    so a failure before it is still an HTTP error; after it, a failure ends the stream with the
+    surface's own error event."""
+    lines = upstream.lines()
+    first = await anext(lines, None)
+    ex.upstream_seconds = time.perf_counter() - started
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    try:
+        line = first
+        while line is not None:
+            ex.ledger.chunks += 1
+            if line.get("done") is True:
+                ex.ledger.count_tokens(line.get("prompt_eval_count"), line.get("eval_count"))
+            out = events.feed(line)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            line = await anext(lines, None)
+    except UpstreamError as exc:
+        ex.outcome = "upstream-failed-mid-stream"
+        tail = events.failed(exc.message)
+    else:
+        tail = b""
+        if events.error is not None:
+            ex.outcome = "upstream-failed-mid-stream"
+        elif not events.done:
+            ex.outcome = "upstream-ended-early"
+            tail = events.failed(ENDED_EARLY)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})

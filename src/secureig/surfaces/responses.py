@@ -1,0 +1,94 @@
+"""OpenAI's Responses API (`POST /v1/responses`), stateless, translated to Ollama's native chat and
+back, on every backend. Errors use OpenAI's envelope, as on the rest of `/v1`; a stream that fails
+midway ends with `response.failed`. Nothing is stored, so every path under `/v1/responses/` that
+would read a stored response is a 404 that says so.
+"""
+
+from __future__ import annotations
+
+import time
+
+from secureig.errors import GatewayError, MethodNotAllowed, RequestError, RouteNotFound
+from secureig.policy import Gatekeeper, Operation
+from secureig.surfaces._asgi import (
+    ClientGone,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    api_key,
+    client_address,
+    exchange_of,
+    read_body,
+    respond_json,
+)
+from secureig.surfaces._forward import Forwarder
+from secureig.surfaces._translated import json_body, relay, whole_answer
+from secureig.surfaces.openai import render
+from secureig.translate import (
+    ResponsesStream,
+    TranslationError,
+    new_id,
+    response_object,
+    responses_request,
+)
+from secureig.upstream import NDJSONStream
+
+RESPONSES = "/v1/responses"
+
+
+class ResponsesSurface:
+    """The ASGI callable behind `/v1/responses` and everything under it."""
+
+    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
+        self._gate = gatekeeper
+        self._forwarder = forwarder
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = exchange_of(scope)
+        try:
+            await self._handle(scope, receive, send, exchange)
+        except GatewayError as exc:
+            status, body, headers = render(exc)
+            await respond_json(send, status, body, headers)
+        except ClientGone:
+            exchange.status, exchange.outcome = 499, "client-disconnected"
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        ex.surface = "responses"
+        path, method = scope["path"], scope["method"]
+        if path != RESPONSES:
+            raise RouteNotFound(
+                f"Invalid URL ({method} {path}): this gateway stores no responses, so none can"
+                " be retrieved, cancelled or listed"
+            )
+        if method != "POST":
+            raise MethodNotAllowed(f"Method {method} not allowed on {path}", "POST")
+        ex.route = Operation.CHAT.value
+        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        self._gate.check_scope(principal, Operation.CHAT)
+        body = json_body(await read_body(scope, receive, self._limit))
+        try:
+            plan = responses_request(body)
+        except TranslationError as exc:
+            raise RequestError(exc.message, exc.param) from None
+        admission = await self._gate.admit(principal, Operation.CHAT, ex.ledger, plan.native)
+        ex.model = admission.model
+
+        forwarder = self._forwarder
+        call = forwarder.inference(
+            admission, "/api/chat", plan.native, plan.model, forwarder.pinned(scope, principal)
+        )
+        started = time.perf_counter()
+        async with forwarder.open(receive, ex, call) as raw:
+            upstream = NDJSONStream(raw)
+            if plan.stream:
+                events = ResponsesStream(model=plan.model, id=new_id("resp_"), echo=plan.echo)
+                await relay(upstream, send, ex, events, started)
+            else:
+                native = await whole_answer(upstream, ex, started)
+                answer = response_object(
+                    native, model=plan.model, id=new_id("resp_"), echo=plan.echo
+                )
+                await respond_json(send, 200, answer)
