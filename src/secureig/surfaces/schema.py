@@ -208,13 +208,73 @@ class EmbeddingsCreateRequest(_OpenAI):
     dimensions: int | None = Field(default=None, ge=1)
 
 
+# -- Anthropic Messages and OpenAI Responses -----------------------------------------------------
+
+
+class AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class CountTokensRequest(_OpenAI):
+    """Anthropic's token count: the backend evaluates the prompt and says how long it was."""
+
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    thinking: dict[str, Any] | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int = Field(ge=1, description="Up to the key's --max-num-predict.")
+    stream: bool | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = Field(default=None, ge=0)
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+
+
+class ResponsesRequest(_OpenAI):
+    """Stateless: the whole conversation comes in `input`; nothing is stored."""
+
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+
+
 # -- answers -----------------------------------------------------------------------------------
 
 _OBJECT = {"type": "object"}
 _TEXT = {"type": "string"}
 _NATIVE_ERROR = {"$ref": "#/components/schemas/NativeError"}
 _OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIError"}
+_ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 _ERROR_SCHEMAS = {
+    "AnthropicError": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["type", "message"],
+            },
+        },
+        "required": ["type", "error"],
+        "additionalProperties": False,
+    },
     "NativeError": {
         "type": "object",
         "properties": {"error": {"type": "string"}},
@@ -252,6 +312,7 @@ _WHY = {
     500: "The upstream's own error, passed on",
     502: "The upstream is unreachable or failed",
     503: "The upstream is busy, or the shared limiter is unreachable",
+    529: "Every backend is busy (Anthropic's overloaded_error)",
     504: "The upstream timed out",
 }
 _NATIVE_STATUSES = (400, 401, 403, 404, 413, 421, 429, 502, 503, 504)
@@ -390,6 +451,47 @@ def _openai_paths() -> dict[str, Any]:
     }
 
 
+def _agent_paths() -> dict[str, Any]:
+    anthropic = _errors((400, 401, 403, 404, 413, 421, 429, 502, 503, 504, 529), _ANTHROPIC_ERROR)
+    # Each event is named (`event: message_start`), its data one JSON object.
+    named = {
+        "type": "object",
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["event", "data"],
+    }
+    events = {
+        "200": _ok(
+            "The answer: one object, or typed server-sent events when `stream` is true",
+            {_JSON: {"schema": _OBJECT}, "text/event-stream": {"schema": named}},
+        )
+    }
+    counted = {"200": _ok("The prompt's length in tokens, as the backend counted it", {
+        _JSON: {"schema": {"type": "object", "properties": {"input_tokens": {"type": "integer"}},
+                           "required": ["input_tokens"]}}
+    })}  # fmt: skip
+    return {
+        "/v1/messages": {
+            "post": _operation(
+                "Anthropic Messages", "anthropic", MessagesRequest, events, anthropic
+            )
+        },
+        "/v1/messages/count_tokens": {
+            "post": _operation(
+                "Anthropic token count", "anthropic", CountTokensRequest, counted, anthropic
+            )
+        },
+        "/v1/responses": {
+            "post": _operation(
+                "OpenAI Responses (stateless)",
+                "responses",
+                ResponsesRequest,
+                events,
+                _errors(_NATIVE_STATUSES, _OPENAI_ERROR),
+            )
+        },
+    }
+
+
 def _seed_path(seed_body: type[BaseModel]) -> dict[str, Any]:
     text = {"text/plain": {"schema": _TEXT}}
     errors = {str(s): _ok(_WHY[s], text) for s in (403, 413, 421, 422, 429, 502, 503, 504)}
@@ -410,7 +512,7 @@ def _seed_path(seed_body: type[BaseModel]) -> dict[str, Any]:
 _BODIES: tuple[type[BaseModel], ...] = (
     GenerateRequest, ChatRequest, EmbedRequest, EmbeddingsRequest, ShowRequest, RegistryRequest,
     CreateRequest, CopyRequest, DeleteRequest, ChatCompletionRequest, CompletionRequest,
-    EmbeddingsCreateRequest,
+    EmbeddingsCreateRequest, MessagesRequest, CountTokensRequest, ResponsesRequest,
 )  # fmt: skip
 _ADMIN_ERRORS = (400, 401, 403, 413, 421, 429)
 _PUBLIC = ("/", "/healthz", "/readyz")
@@ -449,6 +551,7 @@ def document(schema: dict[str, Any], seed_body: type[BaseModel]) -> dict[str, An
     paths.update(_seed_path(seed_body))
     paths.update(_native_paths())
     paths.update(_openai_paths())
+    paths.update(_agent_paths())
     paths["/metrics"] = {
         "get": _operation(
             "Prometheus metrics (open on loopback, else an admin key)",

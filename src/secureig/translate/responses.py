@@ -134,7 +134,12 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
             native["images"] = images
         history.append(native)
     elif kind == "reasoning":
-        parts = [*(raw.get("content") or ()), *(raw.get("summary") or ())]
+        parts: list[Any] = []
+        for key in ("content", "summary"):
+            given = raw.get(key)
+            if given is not None and not isinstance(given, list):
+                raise TranslationError(f"{where}.{key} must be a list of parts", "input")
+            parts.extend(given or ())
         text, _ = _content(parts, where)
         if text:
             turn = _last_assistant(history)
@@ -221,7 +226,9 @@ def _format(body: dict[str, Any]) -> Any:
     text = body.get("text")
     if text is None:
         return None
-    spec = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(text, dict):
+        raise TranslationError("'text' must be an object", "text")
+    spec = text.get("format")
     if spec is None:
         return None
     kind = spec.get("type") if isinstance(spec, dict) else None
