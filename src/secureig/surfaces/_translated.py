@@ -4,10 +4,22 @@ a whole native answer, and relaying a native stream as the surface's server-sent
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from secureig.errors import RequestError, UpstreamError, UpstreamStreamError
-from secureig.surfaces._asgi import Exchange, Send, parse_json
+from secureig.errors import GatewayError, Headers, RequestError, UpstreamError, UpstreamStreamError
+from secureig.policy import Gatekeeper
+from secureig.surfaces._asgi import (
+    ClientGone,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    exchange_of,
+    parse_json,
+    respond_json,
+)
+from secureig.surfaces._forward import Forwarder
 from secureig.upstream import NDJSONStream
 
 SSE_HEADERS = [
@@ -30,6 +42,34 @@ class EventStream(Protocol):
     def feed(self, line: dict[str, Any]) -> bytes: ...
 
     def failed(self, message: str) -> bytes: ...
+
+
+Render = Callable[[GatewayError], tuple[int, dict[str, Any], Headers]]
+
+
+class TranslatingSurface:
+    """The ASGI callable a translating surface is: `_handle` does the work, and every error it
+    raises is answered through `render`, in the surface's own shape."""
+
+    render: Render
+
+    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
+        self._gate = gatekeeper
+        self._forwarder = forwarder
+        self._limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = exchange_of(scope)
+        try:
+            await self._handle(scope, receive, send, exchange)
+        except GatewayError as exc:
+            status, body, headers = type(self).render(exc)
+            await respond_json(send, status, body, headers)
+        except ClientGone:
+            exchange.status, exchange.outcome = 499, "client-disconnected"
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
+        raise NotImplementedError
 
 
 def json_body(body: bytes) -> object:

@@ -18,21 +18,18 @@ from secureig.errors import (
     UpstreamBusy,
     UpstreamStatusError,
 )
-from secureig.policy import Gatekeeper, Operation
+from secureig.policy import Operation
 from secureig.surfaces._asgi import (
-    ClientGone,
     Exchange,
     Receive,
     Scope,
     Send,
     api_key,
     client_address,
-    exchange_of,
     read_body,
     respond_json,
 )
-from secureig.surfaces._forward import Forwarder
-from secureig.surfaces._translated import json_body, relay, whole_answer
+from secureig.surfaces._translated import TranslatingSurface, json_body, relay, whole_answer
 from secureig.translate import (
     MessagesStream,
     TranslationError,
@@ -72,23 +69,10 @@ def render(error: GatewayError) -> tuple[int, dict[str, Any], Headers]:
     return status, anthropic_error(_TYPES.get(status, "api_error"), message), error.headers
 
 
-class AnthropicSurface:
+class AnthropicSurface(TranslatingSurface):
     """The ASGI callable behind `/v1/messages` and everything under it."""
 
-    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
-        self._gate = gatekeeper
-        self._forwarder = forwarder
-        self._limit = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = exchange_of(scope)
-        try:
-            await self._handle(scope, receive, send, exchange)
-        except GatewayError as exc:
-            status, body, headers = render(exc)
-            await respond_json(send, status, body, headers)
-        except ClientGone:
-            exchange.status, exchange.outcome = 499, "client-disconnected"
+    render = staticmethod(render)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         ex.surface = "anthropic"

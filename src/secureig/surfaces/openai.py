@@ -21,21 +21,18 @@ from secureig.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from secureig.policy import Gatekeeper, Operation, Principal
+from secureig.policy import Operation, Principal
 from secureig.surfaces._asgi import (
-    ClientGone,
     Exchange,
     Receive,
     Scope,
     Send,
     api_key,
     client_address,
-    exchange_of,
     read_body,
     respond_json,
 )
-from secureig.surfaces._forward import Forwarder
-from secureig.surfaces._translated import SSE_HEADERS, json_body, whole_answer
+from secureig.surfaces._translated import SSE_HEADERS, TranslatingSurface, json_body, whole_answer
 from secureig.translate import (
     SSE_DONE,
     ChatPlan,
@@ -99,23 +96,10 @@ def render(error: GatewayError) -> tuple[int, dict[str, Any], Headers]:
     )
 
 
-class OpenAISurface:
+class OpenAISurface(TranslatingSurface):
     """The ASGI callable behind `/v1/*`."""
 
-    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
-        self._gate = gatekeeper
-        self._forwarder = forwarder
-        self._limit = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = exchange_of(scope)
-        try:
-            await self._handle(scope, receive, send, exchange)
-        except GatewayError as exc:
-            status, body, headers = render(exc)
-            await respond_json(send, status, body, headers)
-        except ClientGone:
-            exchange.status, exchange.outcome = 499, "client-disconnected"
+    render = staticmethod(render)
 
     def _classify(self, method: str, path: str) -> tuple[Operation, str | None]:
         if path in _POST_ROUTES:
