@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import socket
@@ -25,6 +26,11 @@ NO_LIMITS = dict.fromkeys(LIMITS)
 
 def _h(key: str | None) -> dict[str, str]:
     return {"X-API-KEY": key} if key is not None else {}
+
+
+def _basic(userinfo: str) -> dict[str, str]:
+    """`Authorization: Basic` as clients send `http://user:KEY@host`: the password is the key."""
+    return {"Authorization": "Basic " + base64.b64encode(userinfo.encode()).decode()}
 
 
 def _client(gateway: Gateway) -> httpx.Client:
@@ -89,12 +95,13 @@ def test_admin_routes_refuse_callers_without_the_admin_scope(deployment: Deploym
 
         unknown_key = "sig_" + "A" * 43
         for method, path, body in _refusable_routes():
-            for headers in ({}, _h(""), {"Authorization": "Basic YWRtaW46YWRtaW4="}):
+            # Basic auth with no password ("admin:") or a value that is not base64 holds no key.
+            for headers in ({}, _h(""), _basic("admin:"), {"Authorization": "Basic !!not-b64"}):
                 response = client.request(method, path, json=body, headers=headers)
                 assert "no API key" in _error(response, 401), (method, path)
                 assert response.headers["www-authenticate"] == "Bearer"
             for bad in (unknown_key, "admin-nope", target[:-1]):
-                for headers in (_h(bad), {"Authorization": f"Bearer {bad}"}):
+                for headers in (_h(bad), {"Authorization": f"Bearer {bad}"}, _basic(f"u:{bad}")):
                     response = client.request(method, path, json=body, headers=headers)
                     assert _error(response, 401) == "the API key is not valid", (method, path)
                     assert response.headers["www-authenticate"] == "Bearer"
@@ -106,6 +113,8 @@ def test_admin_routes_refuse_callers_without_the_admin_scope(deployment: Deploym
         # Nothing the refused requests asked for happened.
         listing = client.get("/admin/keys", headers=_h("admin")).json()
         assert [k["name"] for k in listing] == ["infer", "ops", "target"]
+        # The admin key works as Basic auth's password too, whatever the user part says.
+        assert client.get("/admin/keys", headers=_basic("anyone:admin")).json() == listing
         target_record = next(k for k in listing if k["name"] == "target")
         assert target_record["models"] == ["llama2:latest"]
         assert target_record["scopes"] == ["inference"]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 
@@ -174,6 +175,60 @@ def test_ollama_client_sees_a_mid_stream_error(
         list(client.generate(model="llama2", prompt="one two three", stream=True))
     assert error.value.status_code == -1  # the client's mark for an error inside a stream
     assert error.value.error == "an error was encountered while running the model"
+
+
+def test_ollama_client_reads_its_key_from_the_environment(
+    shared: Deployment, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Python client sends OLLAMA_API_KEY as Authorization: Bearer: no code change needed.
+    monkeypatch.setenv("OLLAMA_HOST", shared.gateways[0].url)
+    monkeypatch.setenv("OLLAMA_API_KEY", keys["user"])
+    answer = ollama.Client().chat(model="llama2", messages=[{"role": "user", "content": "env"}])
+    assert answer.message.content == "Echo: env"
+    monkeypatch.setenv("OLLAMA_API_KEY", keys["user"][:-1])
+    with pytest.raises(ollama.ResponseError) as error:
+        ollama.Client().chat(model="llama2", messages=[{"role": "user", "content": "hi"}])
+    assert (error.value.status_code, error.value.error) == (401, "the API key is not valid")
+
+
+def test_key_in_the_url_is_basic_auth(shared: Deployment, keys: dict[str, str]) -> None:
+    # Tools that take only a URL (`http://user:KEY@host`) send its credentials as Basic auth.
+    url = f"http://me:{keys['user']}@127.0.0.1:{shared.gateways[0].port}/api/generate"
+    answer = httpx.post(url, json={"model": "llama2", "prompt": "in the url", "stream": False})
+    assert answer.json()["response"] == "Echo: in the url"
+
+
+# Every surface, with its own body and the key as Basic auth's password.
+_BASIC_ROUTES = [
+    ("/request", {"model": "llama2", "request": "hi there"}),
+    ("/api/chat", {"model": "llama2", "messages": [{"role": "user", "content": "hi there"}],
+                   "stream": False}),
+    ("/v1/chat/completions", {"model": "llama2",
+                              "messages": [{"role": "user", "content": "hi there"}]}),
+    ("/v1/messages", {"model": "llama2", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hi there"}]}),
+    ("/v1/responses", {"model": "llama2", "input": "hi there"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body"), _BASIC_ROUTES, ids=[p for p, _ in _BASIC_ROUTES])
+def test_basic_auth_on_every_surface(
+    shared: Deployment, keys: dict[str, str], path: str, body: dict[str, object]
+) -> None:
+    url = shared.gateways[0].url + path
+    right = httpx.post(url, json=body, auth=("anyone", keys["user"]))
+    assert right.status_code == 200, right.text
+    assert "Echo: hi there" in right.text
+
+    # A wrong password is a wrong key; no password, or a value that is not base64, is no key.
+    refused = {"/request": 403}.get(path, 401)
+    wrong = httpx.post(url, json=body, auth=("anyone", keys["user"][:-1]))
+    assert wrong.status_code == refused, wrong.text
+    assert "not valid" in wrong.text
+    for value in ("Basic " + base64.b64encode(b"anyone:").decode(), "Basic %%%"):
+        empty = httpx.post(url, json=body, headers={"Authorization": value})
+        assert empty.status_code == refused, empty.text
+        assert "no API key" in empty.text
 
 
 # --- openai --------------------------------------------------------------------------------
