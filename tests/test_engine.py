@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -301,6 +302,80 @@ def test_the_seed_surface_reaches_the_engine(site: Deployment, engine: LlamaServ
     assert record["surface"] == "seed" and record["backend"] == "engine"
     assert record["completion_tokens"] == direct["usage"]["completion_tokens"]
     assert record["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+
+
+def _said(engine: LlamaServer) -> dict[str, Any]:
+    """The engine's own greedy answer to MESSAGES: its text, finish reason and counts."""
+    direct = _direct(
+        engine, "/chat/completions", {"model": MODEL_ALIAS, "messages": MESSAGES, **GREEDY}
+    )
+    choice = direct["choices"][0]
+    return {"text": choice["message"]["content"], "finish": choice["finish_reason"],
+            **direct["usage"]}  # fmt: skip
+
+
+def test_anthropic_messages_reach_the_engine_with_its_counts(
+    site: Deployment, engine: LlamaServer
+) -> None:
+    client = anthropic.Anthropic(base_url=_url(site), api_key=KEYS["tiny-only"], max_retries=0)
+    ask: Any = {
+        "model": MODEL_ALIAS, "system": MESSAGES[0]["content"], "max_tokens": 16,
+        "messages": MESSAGES[1:], "extra_body": {"temperature": 0},
+    }  # fmt: skip
+    raw = client.messages.with_raw_response.create(**ask)
+    message = raw.parse()
+    said = _said(engine)
+    stop_reason = {"length": "max_tokens", "stop": "end_turn"}[said["finish"]]
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == said["text"] and message.stop_reason == stop_reason
+    assert message.usage.input_tokens == said["prompt_tokens"]
+    assert message.usage.output_tokens == said["completion_tokens"]
+    record = _record(site, raw.headers["x-request-id"])
+    assert (record["backend"], record["surface"], record["model"]) == (
+        "engine",
+        "anthropic",
+        "tiny",
+    )
+    assert record["completion_tokens"] == said["completion_tokens"]
+
+    with client.messages.stream(**ask) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == said["text"] and final.stop_reason == stop_reason
+    assert final.usage.output_tokens == said["completion_tokens"]
+    assert final.usage.input_tokens == said["prompt_tokens"]
+
+
+def test_openai_responses_reach_the_engine_with_its_counts(
+    site: Deployment, engine: LlamaServer
+) -> None:
+    client = openai.OpenAI(base_url=_url(site) + "/v1", api_key=KEYS["tiny-only"], max_retries=0)
+    ask: Any = {
+        "model": MODEL_ALIAS, "instructions": MESSAGES[0]["content"],
+        "input": MESSAGES[1]["content"], "max_output_tokens": 16, "temperature": 0,
+    }  # fmt: skip
+    raw = client.responses.with_raw_response.create(**ask)
+    response = raw.parse()
+    said = _said(engine)
+    status = {"length": "incomplete", "stop": "completed"}[said["finish"]]
+    assert response.output_text == said["text"] and response.status == status
+    assert response.usage is not None
+    assert response.usage.input_tokens == said["prompt_tokens"]
+    assert response.usage.output_tokens == said["completion_tokens"]
+    record = _record(site, raw.headers["x-request-id"])
+    assert (record["backend"], record["surface"], record["model"]) == (
+        "engine",
+        "responses",
+        "tiny",
+    )
+    assert record["prompt_tokens"] == said["prompt_tokens"]
+
+    events = list(client.responses.create(**ask, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    last = events[-1]
+    assert text == said["text"] and last.type == f"response.{status}"
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == said["completion_tokens"]
 
 
 def test_a_mixed_fleet_sends_each_model_to_the_backend_that_has_it(
