@@ -1,14 +1,15 @@
-"""What the translating surfaces (OpenAI chat, Messages, Responses) share: reading the JSON body,
-a whole native answer, and relaying a native stream as the surface's server-sent events."""
+"""What the translating surfaces (OpenAI chat, Messages, Responses) share: reading, translating
+and admitting the JSON body, a whole native answer, and relaying a native stream as the surface's
+server-sent events."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from secureig.errors import GatewayError, Headers, RequestError, UpstreamError, UpstreamStreamError
-from secureig.policy import Gatekeeper
+from secureig.policy import Gatekeeper, Operation, Principal
 from secureig.surfaces._asgi import (
     ClientGone,
     Exchange,
@@ -17,9 +18,11 @@ from secureig.surfaces._asgi import (
     Send,
     exchange_of,
     parse_json,
+    read_body,
     respond_json,
 )
-from secureig.surfaces._forward import Forwarder
+from secureig.surfaces._forward import Call, Forwarder
+from secureig.translate import TranslationError
 from secureig.upstream import NDJSONStream
 
 SSE_HEADERS = [
@@ -44,6 +47,17 @@ class EventStream(Protocol):
     def failed(self, message: str) -> bytes: ...
 
 
+class Translated(Protocol):
+    """A translated request: the native body to check and forward, and the model it names."""
+
+    @property
+    def native(self) -> dict[str, Any]: ...
+
+    @property
+    def model(self) -> str: ...
+
+
+Plan = TypeVar("Plan", bound=Translated)
 Render = Callable[[GatewayError], tuple[int, dict[str, Any], Headers]]
 
 
@@ -70,6 +84,29 @@ class TranslatingSurface:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         raise NotImplementedError
+
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        ex: Exchange,
+        principal: Principal,
+        operation: Operation,
+        translate: Callable[[object], Plan],
+        native_path: str,
+    ) -> tuple[Plan, Call]:
+        """Read and translate the body, admit the native request it became (the policy checks
+        exactly what will be sent), and route it: the plan for the answer, and the call to open."""
+        body = json_body(await read_body(scope, receive, self._limit))
+        try:
+            plan = translate(body)
+        except TranslationError as exc:
+            raise RequestError(exc.message, exc.param) from None
+        admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
+        ex.model = admission.model
+        forwarder = self._forwarder
+        pinned = forwarder.pinned(scope, principal)
+        return plan, forwarder.inference(admission, native_path, plan.native, plan.model, pinned)
 
 
 def json_body(body: bytes) -> object:

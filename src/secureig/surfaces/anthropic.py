@@ -13,7 +13,6 @@ from secureig.errors import (
     Headers,
     MethodNotAllowed,
     ModelNotFound,
-    RequestError,
     RouteNotFound,
     UpstreamBusy,
     UpstreamStatusError,
@@ -26,13 +25,11 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     client_address,
-    read_body,
     respond_json,
 )
-from secureig.surfaces._translated import TranslatingSurface, json_body, relay, whole_answer
+from secureig.surfaces._translated import TranslatingSurface, relay, whole_answer
 from secureig.translate import (
     MessagesStream,
-    TranslationError,
     anthropic_error,
     message_response,
     messages_request,
@@ -86,20 +83,12 @@ class AnthropicSurface(TranslatingSurface):
         ex.route = Operation.CHAT.value
         principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
         self._gate.check_scope(principal, Operation.CHAT)
-        body = json_body(await read_body(scope, receive, self._limit))
-        try:
-            plan = messages_request(body, counting=counting)
-        except TranslationError as exc:
-            raise RequestError(exc.message, exc.param) from None
-        admission = await self._gate.admit(principal, Operation.CHAT, ex.ledger, plan.native)
-        ex.model = admission.model
-
-        forwarder = self._forwarder
-        call = forwarder.inference(
-            admission, "/api/chat", plan.native, plan.model, forwarder.pinned(scope, principal)
-        )
+        plan, call = await self._admit(
+            scope, receive, ex, principal, Operation.CHAT,
+            lambda body: messages_request(body, counting=counting), "/api/chat",
+        )  # fmt: skip
         started = time.perf_counter()
-        async with forwarder.open(receive, ex, call) as raw:
+        async with self._forwarder.open(receive, ex, call) as raw:
             upstream = NDJSONStream(raw)
             if counting:
                 native = await whole_answer(upstream, ex, started)

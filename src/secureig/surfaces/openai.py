@@ -8,6 +8,7 @@ a stream that fails midway ends with `data: {"error": ...}` and no `[DONE]`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from secureig.errors import (
@@ -15,7 +16,6 @@ from secureig.errors import (
     Headers,
     MethodNotAllowed,
     ModelNotFound,
-    RequestError,
     RouteNotFound,
     TooManyRequests,
     UpstreamError,
@@ -29,10 +29,9 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     client_address,
-    read_body,
     respond_json,
 )
-from secureig.surfaces._translated import SSE_HEADERS, TranslatingSurface, json_body, whole_answer
+from secureig.surfaces._translated import SSE_HEADERS, TranslatingSurface, whole_answer
 from secureig.translate import (
     SSE_DONE,
     ChatPlan,
@@ -40,7 +39,6 @@ from secureig.translate import (
     CompletionPlan,
     CompletionStream,
     EmbeddingsPlan,
-    TranslationError,
     chat_request,
     chat_response,
     completion_request,
@@ -66,6 +64,11 @@ _NATIVE_PATH = {
     Operation.EMBED: "/api/embed",
 }
 Plan = ChatPlan | CompletionPlan | EmbeddingsPlan
+_TRANSLATE: dict[Operation, Callable[[object], Plan]] = {
+    Operation.CHAT: chat_request,
+    Operation.GENERATE: completion_request,
+    Operation.EMBED: embeddings_request,
+}
 
 
 _TYPES = {
@@ -129,27 +132,12 @@ class OpenAISurface(TranslatingSurface):
         if operation is Operation.SHOW:
             await self._model(send, ex, principal, model_in_path or "")
             return
-        body = json_body(await read_body(scope, receive, self._limit))
-        plan: Plan
-        try:
-            if operation is Operation.CHAT:
-                plan = chat_request(body)
-            elif operation is Operation.GENERATE:
-                plan = completion_request(body)
-            else:
-                plan = embeddings_request(body)
-        except TranslationError as exc:
-            raise RequestError(exc.message, exc.param) from None
-        admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
-        ex.model = admission.model
-
-        forwarder = self._forwarder
-        call = forwarder.inference(
-            admission, _NATIVE_PATH[operation], plan.native, plan.model,
-            forwarder.pinned(scope, principal),
+        plan, call = await self._admit(
+            scope, receive, ex, principal, operation, _TRANSLATE[operation],
+            _NATIVE_PATH[operation],
         )  # fmt: skip
         started = time.perf_counter()
-        async with forwarder.open(receive, ex, call) as raw:
+        async with self._forwarder.open(receive, ex, call) as raw:
             upstream = NDJSONStream(raw)
             if isinstance(plan, EmbeddingsPlan):
                 await self._embeddings(upstream, send, ex, plan, started)

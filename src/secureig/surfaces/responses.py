@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from secureig.errors import MethodNotAllowed, RequestError, RouteNotFound
+from secureig.errors import MethodNotAllowed, RouteNotFound
 from secureig.policy import Operation
 from secureig.surfaces._asgi import (
     Exchange,
@@ -17,14 +17,12 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     client_address,
-    read_body,
     respond_json,
 )
-from secureig.surfaces._translated import TranslatingSurface, json_body, relay, whole_answer
+from secureig.surfaces._translated import TranslatingSurface, relay, whole_answer
 from secureig.surfaces.openai import render
 from secureig.translate import (
     ResponsesStream,
-    TranslationError,
     new_id,
     response_object,
     responses_request,
@@ -52,20 +50,11 @@ class ResponsesSurface(TranslatingSurface):
         ex.route = Operation.CHAT.value
         principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
         self._gate.check_scope(principal, Operation.CHAT)
-        body = json_body(await read_body(scope, receive, self._limit))
-        try:
-            plan = responses_request(body)
-        except TranslationError as exc:
-            raise RequestError(exc.message, exc.param) from None
-        admission = await self._gate.admit(principal, Operation.CHAT, ex.ledger, plan.native)
-        ex.model = admission.model
-
-        forwarder = self._forwarder
-        call = forwarder.inference(
-            admission, "/api/chat", plan.native, plan.model, forwarder.pinned(scope, principal)
+        plan, call = await self._admit(
+            scope, receive, ex, principal, Operation.CHAT, responses_request, "/api/chat"
         )
         started = time.perf_counter()
-        async with forwarder.open(receive, ex, call) as raw:
+        async with self._forwarder.open(receive, ex, call) as raw:
             upstream = NDJSONStream(raw)
             if plan.stream:
                 events = ResponsesStream(model=plan.model, id=new_id("resp_"), echo=plan.echo)
