@@ -7,6 +7,7 @@ OpenAPI schema) is a FastAPI application behind them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -439,6 +440,11 @@ class GatewayApp:
                     log.error("%s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # What start-up made (modules, schemas, the app: over 100k objects) lives as long
+                # as the process. Frozen, the collector stops walking it in every full collection,
+                # each of which otherwise stalled every request in flight for 50-80 ms.
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.stop()
