@@ -30,6 +30,7 @@ from secureig.policy import (
     AuthThrottle,
     BootstrapPolicy,
     ClampPolicy,
+    ConsoleSessions,
     Gatekeeper,
     Keyring,
     Limiter,
@@ -37,7 +38,7 @@ from secureig.policy import (
 )
 from secureig.protocol import OpenConnections, ServeLimits
 from secureig.routing import Backend, Fleet, Router
-from secureig.store import KeyStore, create_engine, describe, migrate
+from secureig.store import KeyStore, SessionStore, create_engine, describe, migrate
 from secureig.store.usage import UsageStore, UsageWriter
 from secureig.surfaces._asgi import (
     EXCHANGE,
@@ -51,6 +52,7 @@ from secureig.surfaces._asgi import (
 from secureig.surfaces._forward import Forwarder
 from secureig.surfaces.admin import AdminGate, admin_router
 from secureig.surfaces.anthropic import AnthropicSurface
+from secureig.surfaces.console import ConsoleSurface
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
@@ -193,6 +195,12 @@ class Gateway:
         )
         self.metrics.usage_pending.set_function(lambda: self.usage.pending)
         self.accounting = Accounting(self.gatekeeper, self.metrics, self.usage)
+        self.sessions = ConsoleSessions(
+            self.gatekeeper,
+            SessionStore(self.engine),
+            idle_seconds=settings.console_idle_timeout,
+            lifetime_seconds=settings.console_session_lifetime,
+        )
         self.draining = False
 
     async def start(self) -> None:
@@ -469,17 +477,18 @@ def create_app(settings: Settings) -> GatewayApp:
     )
     metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, public)
     api = _api(gateway)
-    admin = AdminGate(gateway.gatekeeper, api, settings.max_body_bytes)
+    admin = AdminGate(gateway.gatekeeper, gateway.sessions, api, settings.max_body_bytes)
+    console = ConsoleSurface(gateway.sessions, settings.console_session_lifetime)
     return GatewayApp(
         gateway,
         routes={
             "/request": seed, "/api": ollama, "/v1": openai, "/metrics": metrics, "/admin": admin,
-            "/v1/messages": messages, "/v1/responses": responses,
+            "/v1/messages": messages, "/v1/responses": responses, "/ui": console,
         },
         # In order: the Messages and Responses paths before the rest of /v1.
         prefixes={
             "/api/": ollama, "/v1/messages/": messages, "/v1/responses/": responses,
-            "/v1/": openai, "/admin/": admin,
+            "/v1/": openai, "/admin/": admin, "/ui/": console,
         },
         fallback=api,
         allowed_hosts=settings.trusted_hosts,

@@ -316,6 +316,18 @@ class Settings(BaseSettings):
         description="File for usage records that could not be written at shutdown, written at"
         " the next start; empty to keep none (they are then counted as lost).",
     )
+    console_idle_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds a console session may go unused before it ends.",
+    )
+    console_session_lifetime: float = Field(
+        default=43200.0,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds a console session lasts at most, however busy; then log in again.",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
     )

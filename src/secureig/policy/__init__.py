@@ -18,6 +18,7 @@ from secureig.policy.keyring import BOOTSTRAP_KEY, AuthError, BootstrapPolicy, K
 from secureig.policy.limits import Limiter, Limits, LocalLimiter
 from secureig.policy.operations import SPECS, Operation
 from secureig.policy.principal import Principal
+from secureig.policy.sessions import ConsoleSessions, Session
 from secureig.policy.throttle import AuthThrottle
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "AuthThrottle",
     "BootstrapPolicy",
     "ClampPolicy",
+    "ConsoleSessions",
     "Forbidden",
     "Gatekeeper",
     "InvalidModel",
@@ -43,6 +45,7 @@ __all__ = [
     "Operation",
     "Principal",
     "Refusal",
+    "Session",
     "TooManyRequests",
     "Unauthenticated",
     "UpstreamDown",

@@ -151,7 +151,11 @@ class Keyring:
     def authenticate(self, secret: str | None) -> Principal:
         if not secret:
             raise AuthError("missing")
-        digest = key_digest(secret)
+        return self.holder(key_digest(secret))
+
+    def holder(self, digest: str) -> Principal:
+        """The principal of the key with this digest, as `authenticate` would find it: a console
+        session holds the digest of the key it logged in with, and ends when this refuses it."""
         principal = self._by_digest.get(digest)
         if principal is None:
             if digest == self._bootstrap_digest and self.bootstrap_active:

@@ -10,6 +10,7 @@ from secureig.store.keystore import (
     KeyStoreError,
     NewKey,
 )
+from secureig.store.sessions import SessionRecord, SessionStore
 
 __all__ = [
     "UNCHANGED",
@@ -20,6 +21,8 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "NewKey",
+    "SessionRecord",
+    "SessionStore",
     "create_engine",
     "describe",
     "migrate",

@@ -105,3 +105,17 @@ class UsageRow(Base):
         Index("ux_usage_records_at_request", "at", "request_id", unique=True),
         Index("ix_usage_records_key_at", "key_name", "at"),
     )
+
+
+class ConsoleSession(Base):
+    """One browser logged in to the console: the digests of its token and of the admin key it
+    logged in with (never either secret), and when it began and was last used."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    key_digest: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    csrf: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -90,6 +90,17 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def cookie(scope: Scope, name: str) -> str | None:
+    """One cookie's value from the `Cookie` headers, or None."""
+    for key, value in scope["headers"]:
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                found, _, content = part.strip().partition("=")
+                if found == name:
+                    return str(content)
+    return None
+
+
 def api_key(scope: Scope) -> str | None:
     """The key from `X-API-KEY`, `Authorization: Bearer`, or `Authorization: Basic` with the key
     as the password (`http://user:KEY@host`; the user part is ignored); never from the query

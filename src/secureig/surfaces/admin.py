@@ -19,7 +19,7 @@ from secureig.errors import GatewayError
 from secureig.keylimits import SPECS as LIMIT_SPECS
 from secureig.keylimits import KeyLimits, LimitError
 from secureig.names import MAX_NAME_LENGTH, InvalidModelName
-from secureig.policy import Gatekeeper, Operation, Principal
+from secureig.policy import ConsoleSessions, Gatekeeper, Operation, Principal
 from secureig.routing import Router
 from secureig.store import UNCHANGED, KeyRecord, KeyStore, KeyStoreError
 from secureig.store.keystore import MAX_PATTERNS, KeyExists, KeyNotFound
@@ -27,16 +27,20 @@ from secureig.store.usage import UsageStore
 from secureig.surfaces._asgi import (
     ASGIApp,
     ClientGone,
+    Exchange,
     Message,
     Receive,
     Scope,
     Send,
     api_key,
     client_address,
+    cookie,
     exchange_of,
+    header,
     read_body,
     respond_json,
 )
+from secureig.surfaces.console import CSRF_HEADER, SESSION_COOKIE
 from secureig.untrusted import shown
 
 
@@ -140,18 +144,33 @@ def _expiry(text: str | None) -> datetime | None:
 
 class AdminGate:
     """In front of the admin routes: the key and the body's size are checked before FastAPI
-    reads or parses anything, so a stranger's upload costs nothing."""
+    reads or parses anything, so a stranger's upload costs nothing. A request without a key may
+    come from the console: its session cookie stands for the admin key it logged in with, and
+    a change needs the session's CSRF token too."""
 
-    def __init__(self, gatekeeper: Gatekeeper, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, gatekeeper: Gatekeeper, sessions: ConsoleSessions, app: ASGIApp, max_body_bytes: int
+    ) -> None:
         self._gate = gatekeeper
+        self._sessions = sessions
         self._app = app
         self._limit = max_body_bytes
+
+    async def _principal(self, scope: Scope, ex: Exchange) -> Principal:
+        secret = api_key(scope)
+        token = cookie(scope, SESSION_COOKIE) if secret is None else None
+        if not token:
+            return self._gate.authenticate(secret, client_address(scope), ex.ledger)
+        session = await self._sessions.resolve(token, ex.ledger)
+        if scope["method"] not in ("GET", "HEAD"):
+            self._sessions.check_csrf(session, header(scope, CSRF_HEADER))
+        return session.principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
         ex.surface, ex.route = "admin", Operation.ADMIN.value
         try:
-            principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+            principal = await self._principal(scope, ex)
             await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
             body = await read_body(scope, receive, self._limit)
         except GatewayError as exc:

@@ -1,0 +1,90 @@
+"""Console sessions: an admin key exchanged for an opaque token the browser holds in a cookie.
+
+A session lasts while its key does (revoked, expired, rotated or stripped of the admin scope, and
+the session ends on its next request), until it is idle for `idle_seconds`, and never beyond
+`lifetime_seconds`. Changes need the session's CSRF token as well as its cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from secureig.credentials import key_digest
+from secureig.errors import Forbidden, Unauthenticated
+from secureig.policy.engine import Gatekeeper, Ledger
+from secureig.policy.keyring import AuthError
+from secureig.policy.principal import Principal
+from secureig.store import SessionStore
+
+# last_seen_at is written at most this often: a busy console costs one write a minute.
+_TOUCH_EVERY = timedelta(seconds=60)
+ENDED = "the console session has ended: log in again"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    principal: Principal
+    csrf: str
+    token_digest: str
+    expires_at: datetime  # the sooner of the idle and the absolute expiry, as of now
+
+
+class ConsoleSessions:
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        store: SessionStore,
+        idle_seconds: float,
+        lifetime_seconds: float,
+    ) -> None:
+        self._gate = gatekeeper
+        self._store = store
+        self._idle = timedelta(seconds=idle_seconds)
+        self._lifetime = timedelta(seconds=lifetime_seconds)
+
+    async def login(self, secret: str | None, address: str, ledger: Ledger) -> tuple[str, Session]:
+        """A new session for an admin key: the token for the cookie, and the session. A wrong
+        key counts against the address as on every route."""
+        principal = self._gate.authenticate(secret, address, ledger)
+        if not principal.is_admin:
+            raise Forbidden(f"the key {principal.name!r} lacks the 'admin' scope the console needs")
+        assert secret is not None  # authenticate refused a missing one
+        now = datetime.now(UTC)
+        await self._store.purge(now - self._idle, now - self._lifetime)
+        token, record = await self._store.create(key_digest(secret), now)
+        return token, Session(principal, record.csrf, record.token_digest, self._expiry(now, now))
+
+    async def resolve(self, token: str, ledger: Ledger) -> Session:
+        """The live session this token names, or Unauthenticated."""
+        record = await self._store.get(token)
+        now = datetime.now(UTC)
+        if record is None:
+            raise Unauthenticated(ENDED)
+        if now - record.last_seen_at > self._idle or now - record.created_at > self._lifetime:
+            await self._store.end(record.token_digest)
+            raise Unauthenticated(ENDED)
+        try:
+            principal = self._gate.keyring.holder(record.key_digest)
+        except AuthError:
+            principal = None
+        if principal is None or not principal.is_admin:
+            await self._store.end(record.token_digest)
+            raise Unauthenticated(ENDED)
+        if now - record.last_seen_at > _TOUCH_EVERY:
+            await self._store.touch(record.token_digest, now)
+        ledger.principal = principal
+        expires = self._expiry(now, record.created_at)
+        return Session(principal, record.csrf, record.token_digest, expires)
+
+    @staticmethod
+    def check_csrf(session: Session, sent: str | None) -> None:
+        if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            raise Forbidden("a change from the console needs its CSRF token (X-CSRF-Token)")
+
+    async def logout(self, session: Session) -> None:
+        await self._store.end(session.token_digest)
+
+    def _expiry(self, now: datetime, created: datetime) -> datetime:
+        return min(now + self._idle, created + self._lifetime)
