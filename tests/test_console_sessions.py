@@ -80,7 +80,8 @@ def test_only_an_admin_key_logs_in(deployment: Deployment) -> None:
         assert answer.status_code == status, answer.text
         assert words in answer.json()["error"]
         assert "set-cookie" not in answer.headers
-    too_long = httpx.post(url, content=b'{"key": "' + b"a" * 5000 + b'"}')
+    json_kind = {"Content-Type": "application/json"}
+    too_long = httpx.post(url, content=b'{"key": "' + b"a" * 5000 + b'"}', headers=json_kind)
     assert too_long.status_code == 413
     with sqlite3.connect(deployment.tmp / "keys.db") as db:
         assert db.execute("SELECT count(*) FROM console_sessions").fetchone() == (0,)
@@ -192,3 +193,26 @@ def test_console_pages_carry_the_security_headers(shared: Deployment) -> None:
     for path in ("/ui/static/../../secureig/config.py", "/ui/static/", "/ui/nothing"):
         assert httpx.get(url + path).status_code == 404, path
     assert httpx.post(url + "/ui").status_code == 405
+
+
+def test_login_takes_json_only(deployment: Deployment) -> None:
+    # A form on another site can post text/plain; it must not log a visitor in to its session.
+    gateway = deployment.gateway()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": kind} if kind else {}
+        answer = httpx.post(
+            gateway.url + "/ui/session", content=b'{"key": "admin"}', headers=headers
+        )
+        assert answer.status_code == 415, (kind, answer.text)
+        assert "set-cookie" not in answer.headers
+
+
+def test_made_up_session_cookies_count_as_failed_authentications(deployment: Deployment) -> None:
+    gateway = deployment.gateway(auth_failures_per_minute="3")
+    statuses = []
+    for attempt in range(5):
+        cookies = {"secureig_session": f"guess-{attempt}"}
+        statuses.append(httpx.get(gateway.url + "/admin/keys", cookies=cookies).status_code)
+    assert statuses == [401, 401, 401, 429, 429]
+    # A real key still works from the same address.
+    assert httpx.get(gateway.url + "/admin/keys", headers={"X-API-KEY": "admin"}).status_code == 200

@@ -18,6 +18,7 @@ from secureig.errors import (
     LimiterDown,
     ModelNotFound,
     NoModels,
+    Refusal,
     TooManyRequests,
     Unauthenticated,
     UpstreamDown,
@@ -130,15 +131,24 @@ class Gatekeeper:
         try:
             principal = self.keyring.authenticate(secret)
         except AuthError as exc:
-            wait = self._throttle.blocked(address)
-            if wait is not None:
-                raise TooManyRequests(
-                    "too many failed authentications from this address", wait
-                ) from None
-            self._throttle.failed(address)
-            raise Unauthenticated(_AUTH_MESSAGES[exc.reason]) from None
+            raise self.failed_authentication(address, _AUTH_MESSAGES[exc.reason]) from None
         ledger.principal = principal
         return principal
+
+    def check_throttle(self, address: str) -> None:
+        """Refuse an address that has failed too often, before any work on its credential (a
+        console session is looked up in the store)."""
+        wait = self._throttle.blocked(address)
+        if wait is not None:
+            raise TooManyRequests("too many failed authentications from this address", wait)
+
+    def failed_authentication(self, address: str, message: str) -> Refusal:
+        """A credential that failed: counted against the address; the refusal to raise."""
+        wait = self._throttle.blocked(address)
+        if wait is not None:
+            return TooManyRequests("too many failed authentications from this address", wait)
+        self._throttle.failed(address)
+        return Unauthenticated(message)
 
     @staticmethod
     def check_scope(principal: Principal, operation: Operation) -> None:

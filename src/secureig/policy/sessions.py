@@ -56,12 +56,15 @@ class ConsoleSessions:
         token, record = await self._store.create(key_digest(secret), now)
         return token, Session(principal, record.csrf, record.token_digest, self._expiry(now, now))
 
-    async def resolve(self, token: str, ledger: Ledger) -> Session:
-        """The live session this token names, or Unauthenticated."""
+    async def resolve(self, token: str, address: str, ledger: Ledger) -> Session:
+        """The live session this token names, or Unauthenticated. A token the store does not
+        hold counts against the address, as a wrong key does, so guessing costs what it does
+        with keys and a flood of made-up cookies is refused before the store is asked."""
+        self._gate.check_throttle(address)
         record = await self._store.get(token)
         now = datetime.now(UTC)
         if record is None:
-            raise Unauthenticated(ENDED)
+            raise self._gate.failed_authentication(address, ENDED)
         if now - record.last_seen_at > self._idle or now - record.created_at > self._lifetime:
             await self._store.end(record.token_digest)
             raise Unauthenticated(ENDED)

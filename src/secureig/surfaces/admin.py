@@ -161,7 +161,7 @@ class AdminGate:
         token = cookie(scope, SESSION_COOKIE) if secret is None else None
         if not token:
             return self._gate.authenticate(secret, client_address(scope), ex.ledger)
-        session = await self._sessions.resolve(token, ex.ledger)
+        session = await self._sessions.resolve(token, client_address(scope), ex.ledger)
         if scope["method"] not in ("GET", "HEAD"):
             self._sessions.check_csrf(session, header(scope, CSRF_HEADER))
         return session.principal

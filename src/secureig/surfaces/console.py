@@ -111,6 +111,12 @@ class ConsoleSurface:
         await respond(send, 200, body, kind, [*_SECURITY, (b"cache-control", b"no-cache")])
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # JSON only: a form on another site can post text/plain, never application/json without
+        # a preflight, so nobody can log a visitor in to a session of their own choosing.
+        kind = (header(scope, b"content-type") or "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            message = "log in with a JSON body: Content-Type: application/json"
+            raise RequestError(message, status=415)
         raw = await read_body(scope, receive, _LOGIN_LIMIT)
         try:
             body = parse_json(raw)
@@ -128,7 +134,7 @@ class ConsoleSurface:
         token = cookie(scope, SESSION_COOKIE)
         if not token:
             raise _not_logged_in()
-        return await self._sessions.resolve(token, exchange_of(scope).ledger)
+        return await self._sessions.resolve(token, client_address(scope), exchange_of(scope).ledger)
 
     @staticmethod
     def _cookie(scope: Scope, token: str, max_age: int) -> tuple[bytes, bytes]:
