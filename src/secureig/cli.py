@@ -327,7 +327,7 @@ def serve(
     )
     say(
         f"secureig {__version__}: listening on http://{settings.host}:{settings.port}"
-        f" in front of {_fleet_words(settings)}"
+        f" in front of {_fleet_words(settings)}; the admin console is at /ui"
     )
     server.run()
     if not server.started:
