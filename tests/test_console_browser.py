@@ -172,14 +172,27 @@ def test_a_key_made_in_the_page_works_shows_its_usage_and_is_revoked_in_the_page
     expect(usage_row).to_be_visible()
     expect(usage_row).to_contain_text("1")
     assert int(page.get_by_test_id("usage-total-requests").inner_text()) >= 1
-    expect(page.get_by_test_id("usage-chart").locator("rect")).not_to_have_count(0)
+    expect(page.get_by_test_id("usage-busiest")).to_contain_text("from-the-page")
+    expect(page.get_by_test_id("usage-slowest")).to_contain_text("from-the-page")
+    # A week per day: eight bars (today and the seven before), one of them tall.
+    bars = page.get_by_test_id("usage-chart").locator("rect")
+    expect(bars).to_have_count(8)
     _shot(page, "usage")
+    page.locator("#usage-since").select_option("24h")  # per hour, then
+    expect(page.get_by_test_id("usage-per")).to_have_value("hour")
+    expect(bars).to_have_count(25)
+    heights = [float(bars.nth(i).get_attribute("height") or 0) for i in range(25)]
+    assert heights[-1] > 0 and heights.count(0) >= 20, heights  # requests in this hour only
+    _shot(page, "usage-hourly")
 
     page.get_by_test_id("nav-keys").click()
     row = page.get_by_test_id("key-row").filter(has_text="from-the-page")
     row.get_by_test_id("revoke-key").click()
     page.get_by_test_id("confirm").click()
     expect(row).to_have_count(0)  # the list shows live keys
+    page.get_by_test_id("show-revoked").check()
+    expect(row).to_contain_text("revoked")
+    expect(row.get_by_test_id("revoke-key")).to_have_count(0)
     generate = {"model": "llama2", "prompt": "again", "stream": False}
     assert wait_until(
         lambda: (
@@ -187,6 +200,113 @@ def test_a_key_made_in_the_page_works_shows_its_usage_and_is_revoked_in_the_page
         ),
         timeout=2.0,
     )
+
+
+def test_a_key_is_edited_in_the_page_and_the_gateway_enforces_the_change(
+    page: Page, site: Deployment
+) -> None:
+    url = site.gateways[0].url
+    _login(page, site, KEYS["boss"])
+    page.get_by_test_id("create-key-name").fill("to-edit")
+    page.get_by_test_id("create-key-models").fill("llama2")
+    page.locator("#limit-rpm").fill("100")
+    page.locator("#limit-max_num_ctx").fill("4096")
+    page.get_by_test_id("create-key-submit").click()
+    expect(page.get_by_test_id("new-key-secret")).to_contain_text("sig_")
+    headers = {"X-API-KEY": page.get_by_test_id("new-key-secret").inner_text().strip()}
+
+    def status(model: str) -> int:
+        ask = {"model": model, "prompt": "hi", "stream": False}
+        return httpx.post(url + "/api/generate", headers=headers, json=ask).status_code
+
+    assert wait_until(lambda: status("llama2") == 200, timeout=3)
+    assert status("mistral:7b") == 403
+
+    row = page.get_by_test_id("key-row").filter(has_text="to-edit")
+    row.get_by_test_id("edit-key").click()
+    expect(page.get_by_test_id("edit-limit-rpm")).to_have_value("100")  # what it has now
+    page.get_by_test_id("edit-key-models").fill("mistral:7b")
+    page.get_by_test_id("edit-limit-rpm").fill("30")
+    page.get_by_test_id("edit-limit-max_num_ctx").fill("")  # emptied: removed
+    page.get_by_test_id("edit-limit-concurrency").fill("2")
+    _shot(page, "edit-key")
+    page.get_by_test_id("edit-key-submit").click()
+    expect(row).to_contain_text("rpm 30, concurrency 2")
+    expect(row).not_to_contain_text("max_num_ctx")
+    expect(row).to_contain_text("mistral:7b")
+
+    # The change is the store's (the admin API says the same) and every replica enforces it.
+    admin = {"X-API-KEY": KEYS["boss"]}
+    stored = next(k for k in httpx.get(url + "/admin/keys", headers=admin).json()
+                  if k["name"] == "to-edit")  # fmt: skip
+    assert stored["models"] == ["mistral:7b"]
+    assert stored["limits"]["rpm"] == 30 and stored["limits"]["concurrency"] == 2
+    assert stored["limits"]["max_num_ctx"] is None
+    assert wait_until(lambda: status("llama2") == 403, timeout=2.5)
+    assert status("mistral:7b") == 200
+
+    # A bad value is refused with the API's reason, in the dialog, and changes nothing.
+    row.get_by_test_id("edit-key").click()
+    page.get_by_test_id("edit-limit-rpm").fill("99999999999")
+    page.get_by_test_id("edit-key-submit").click()
+    expect(page.locator("#edit-error")).to_contain_text("rpm")
+    page.locator("#edit-cancel").click()
+    stored = next(k for k in httpx.get(url + "/admin/keys", headers=admin).json()
+                  if k["name"] == "to-edit")  # fmt: skip
+    assert stored["limits"]["rpm"] == 30
+
+
+def test_the_live_page_updates_by_itself(
+    page: Page, site: Deployment, standin: OllamaStandIn, second: OllamaStandIn
+) -> None:
+    url = site.gateways[0].url
+    _login(page, site, KEYS["boss"])
+    page.get_by_test_id("nav-live").click()
+    page.evaluate("window.notReloaded = true")
+    # A rate needs two readings.
+    expect(page.get_by_test_id("live-rps")).not_to_have_text(
+        "\u2013", timeout=6000
+    )  # no reading yet
+    expect(page.get_by_test_id("live-streams")).to_have_text("0")
+
+    for server in (standin, second):  # whichever backend takes it
+        server.chunk_delay = 0.3
+        server.reply = lambda prompt: [f" w{i}" for i in range(20)]  # about 6 s
+    done: list[int] = []
+
+    def stream() -> None:
+        body = {"model": "llama2", "prompt": "a long one"}
+        with httpx.stream("POST", url + "/api/generate", json=body, timeout=30,
+                          headers={"X-API-KEY": KEYS["user"]}) as answer:  # fmt: skip
+            answer.read()
+            done.append(answer.status_code)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        expect(page.get_by_test_id("live-streams")).to_have_text("1", timeout=6000)
+        wrong = httpx.post(url + "/api/generate", headers={"X-API-KEY": "sig_" + "x" * 43},
+                           json={"model": "llama2", "prompt": "x"})  # fmt: skip
+        assert wrong.status_code == 401
+        refusal = page.get_by_test_id("live-refusal").filter(has_text="no valid key")
+        expect(refusal).to_be_visible(timeout=6000)
+        for _ in range(10):
+            listed = httpx.get(url + "/api/tags", headers={"X-API-KEY": KEYS["user"]})
+            assert listed.status_code == 200
+        expect(page.get_by_test_id("live-rps")).not_to_have_text("0.0", timeout=6000)
+        expect(page.locator("#live-chart polyline")).to_have_count(1)
+        _shot(page, "live")
+    finally:
+        thread.join(timeout=30)
+    assert done == [200]
+    expect(page.get_by_test_id("live-streams")).to_have_text("0", timeout=6000)
+    assert page.evaluate("window.notReloaded") is True
+    # Leaving the page stops the polling.
+    page.get_by_test_id("nav-keys").click()
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/admin/live" in r.url else None)
+    page.wait_for_timeout(4500)
+    assert polls == []
 
 
 def test_the_backends_page_shows_a_backend_going_down(
@@ -281,7 +401,17 @@ def test_a_page_on_another_site_cannot_change_anything(
 
 def test_screenshots_were_written() -> None:
     """Run last in the module: every page's screenshot exists and is a real image."""
-    for name in ("login", "keys", "new-key", "usage", "backends", "backends-down"):
+    for name in (
+        "login",
+        "keys",
+        "new-key",
+        "edit-key",
+        "usage",
+        "usage-hourly",
+        "live",
+        "backends",
+        "backends-down",
+    ):
         shot = Path(SHOTS / f"{name}.png")
         assert shot.exists() and shot.stat().st_size > 5000, name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -299,3 +299,53 @@ def test_token_counts_use_one_label_per_model(deployment: Deployment) -> None:
     _, samples = _scrape(gateway)
     models = {dict(labels)["model"] for labels in _series(samples, "secureig_tokens_total")}
     assert models == {"llama2:latest"}
+
+
+def test_live_counts_show_streams_in_flight_and_refusals_by_reason(
+    deployment: Deployment, standin: OllamaStandIn
+) -> None:
+    """`GET /admin/live`, which the console's live page polls: what is in flight now (streams
+    told apart from whole answers), and totals since start from which it draws rates."""
+    key = deployment.cli.create_key("live", "--rpm", "3")
+    gateway = deployment.gateway()
+    admin = _h("admin")
+
+    def live() -> dict[str, Any]:
+        response = httpx.get(gateway.url + "/admin/live", headers=admin)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    before = live()
+    assert before["in_flight"] == 0 and before["streams"] == 0  # itself left out
+    assert [b["name"] for b in before["backends"]] == ["ollama"]
+    standin.chunk_delay = 0.2
+    standin.reply = lambda prompt: [f" w{i}" for i in range(15)]  # about 3 s
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with client.stream("POST", "/api/generate", headers=_h(key),
+                           json={"model": "llama2", "prompt": "long"}) as stream:  # fmt: skip
+            assert stream.status_code == 200
+            assert wait_until(lambda: live()["streams"] == 1, timeout=3)
+            during = live()
+            assert during["in_flight"] == 1
+            assert during["backends"][0]["in_flight"] == 1
+            stream.read()
+        standin.chunk_delay = 0.0
+        whole = {"model": "llama2", "prompt": "x", "stream": False}
+        assert client.post("/api/generate", json=whole, headers=_h(key)).status_code == 200
+        assert client.post("/api/generate", json=whole, headers=_h(key)).status_code == 200
+        assert client.post("/api/generate", json=whole, headers=_h(key)).status_code == 429
+        assert client.post("/api/generate", json=whole, headers=_h("sig_wrong")).status_code == 401
+    after = live()
+    assert after["streams"] == 0 and after["in_flight"] == 0
+    # The stream, two whole answers and the two refusals; the readings themselves left out.
+    assert after["requests"] - before["requests"] == 5
+    assert after["refusals"].get("over a limit") == 1
+    assert after["refusals"].get("no valid key") == 1
+    assert after["tokens_out"] - before["tokens_out"] >= 15
+    assert after["uptime_seconds"] > before["uptime_seconds"]
+    _, samples = _scrape(gateway)
+    assert _value(samples, "secureig_streams_in_flight") == 0.0
+    # Not for anyone else: the admin scope, as every admin route.
+    assert httpx.get(gateway.url + "/admin/live", headers=_h(key)).status_code == 403
+    assert httpx.get(gateway.url + "/admin/live").status_code == 401

@@ -4,7 +4,9 @@ one usage table."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -94,6 +96,15 @@ def test_limits_keys_and_usage_are_shared(
     assert counts["rpm5"] == 12  # the refused ones too, with their status
     report = cli("usage", "--by", "key").stdout
     assert "cap2" in report and "rpm5" in report
+    # Hours and days in UTC on PostgreSQL as on SQLite, whatever the server's time zone.
+    every = sum(counts.values())
+    hour = httpx.get(a + "/admin/usage?by=hour&since=1d", headers={"X-API-KEY": "admin"}).json()
+    assert sum(t["requests"] for t in hour) == every
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:00", t["group"]) for t in hour), hour
+    day = httpx.get(a + "/admin/usage?by=day&since=1d", headers={"X-API-KEY": "admin"}).json()
+    assert {t["group"] for t in day} <= {
+        (datetime.now(UTC) - timedelta(minutes=m)).strftime("%Y-%m-%d") for m in (0, 10)
+    }, day
     deployment.cli.env = {**deployment.env, "SECUREIG_REDIS_URL": redis_settings["redis_url"]}
     assert "limits    ok    Redis at redis://127.0.0.1:6379/0" in cli("check").stdout
     ready = httpx.get(a + "/readyz").json()

@@ -4,6 +4,7 @@ the database is briefly away."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from secureig.store import create_engine, migrate
 from secureig.store.usage import UsageRecord, UsageStore, UsageWriter
@@ -87,16 +89,47 @@ def test_every_authenticated_request_leaves_an_exact_record(
     # The CLI report and the admin API agree with the records.
     report = deployment.cli("usage", "--by", "key").stdout.splitlines()
     assert report[0].split() == [
-        "KEY", "REQUESTS", "ERRORS", "INCOMPLETE", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED"
+        "KEY", "REQUESTS", "ERRORS", "INCOMPLETE", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED",
+        "TTFB_MS", "DURATION_MS",
     ]  # fmt: skip
     alice_row = next(line.split() for line in report if line.startswith("alice"))
     total = expected_prompt + expected_completion
-    assert alice_row == ["alice", "9", "1", "0", str(expected_prompt), str(expected_completion),
-                         str(total), "0"]  # fmt: skip
+    mean_ms = sum(r["duration_ms"] for r in rows) / len(rows)
+    mean_ttfb = sum(r["ttfb_ms"] for r in rows) / len(rows)
+    assert alice_row[:8] == ["alice", "9", "1", "0", str(expected_prompt),
+                             str(expected_completion), str(total), "0"]  # fmt: skip
+    # Means to a tenth of a millisecond (the store rounds to hundredths, the CLI to tenths).
+    assert float(alice_row[8]) == pytest.approx(mean_ttfb, abs=0.06)
+    assert float(alice_row[9]) == pytest.approx(mean_ms, abs=0.06)
     api = httpx.get(url + "/admin/usage?by=key", headers={"X-API-KEY": "admin"}).json()
     alice_total = next(t for t in api if t["group"] == "alice")
     seen = (alice_total["requests"], alice_total["prompt_tokens"], alice_total["completion_tokens"])
     assert seen == (9, expected_prompt, expected_completion)
+    assert alice_total["mean_duration_ms"] == pytest.approx(mean_ms, abs=0.01)
+    assert alice_total["mean_ttfb_ms"] == pytest.approx(mean_ttfb, abs=0.01)
+    _assert_hours_and_days(deployment, url, rows)
+
+
+def _assert_hours_and_days(deployment: Deployment, url: str, rows: list[Any]) -> None:
+    """By hour and by day: UTC buckets named as the console charts them, each with its records."""
+    hours: dict[str, int] = {}
+    for row in rows:
+        at = datetime.fromisoformat(str(row["at"])).replace(tzinfo=UTC)
+        name = at.strftime("%Y-%m-%d %H:00")
+        hours[name] = hours.get(name, 0) + 1
+    days: dict[str, int] = {}
+    for name, n in hours.items():
+        days[name[:10]] = days.get(name[:10], 0) + n
+    admin = {"X-API-KEY": "admin"}
+    for by, expected in (("hour", hours), ("day", days)):
+        # Alice's alone: these admin calls leave records of their own.
+        answer = httpx.get(url + f"/admin/usage?by={by}&since=1d&key=alice", headers=admin).json()
+        assert {t["group"]: t["requests"] for t in answer} == expected, by
+    report = deployment.cli("usage", "--by", "hour", "--since", "1d", "--key", "alice").stdout
+    for name, n in hours.items():
+        assert re.search(rf"^{name}\s+{n}\s", report, re.MULTILINE), report
+    refused = httpx.get(url + "/admin/usage?by=minute", headers=admin)
+    assert refused.status_code == 400 and "hour" in refused.json()["error"]
 
 
 def test_sigterm_under_load_loses_no_record(deployment: Deployment, standin: OllamaStandIn) -> None:

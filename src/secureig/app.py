@@ -162,6 +162,7 @@ class Gateway:
         )
         self.metrics.watch_backends(self.router)
         self.forwarder = Forwarder(self.router, settings.max_answer_bytes)
+        self.metrics.watch_streams(lambda: self.forwarder.streams)
         self.limiter = build_limiter(settings)
         self.gatekeeper = Gatekeeper(
             self.keyring,
@@ -330,6 +331,7 @@ def _api(gateway: Gateway) -> FastAPI:
             gateway.keystore,
             UsageStore(gateway.engine),
             gateway.router,
+            gateway.metrics,
         )
     )
 

@@ -43,7 +43,7 @@ from secureig.store import (
     describe,
     migrate,
 )
-from secureig.store.usage import GroupBy, UsageStore, UsageTotal
+from secureig.store.usage import GROUPS, GroupBy, UsageStore, UsageTotal
 from secureig.untrusted import shown
 from secureig.upstream import Timeouts, UpstreamError
 from secureig.urls import safe_url
@@ -681,19 +681,20 @@ def usage(
         str,
         typer.Option(
             "--by",
-            metavar="key|model|backend|day|outcome",
+            metavar="|".join(GROUPS),
             help="How to group the totals (outcome: how requests ended).",
         ),
     ] = "key",
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Requests and tokens per key, model, backend, day or outcome, from the usage records."""
+    """Requests, tokens and mean latencies per key, model, backend, hour, day or outcome, from
+    the usage records."""
     settings = settings_from(config=config, database_url=database_url)
-    if by not in ("key", "model", "backend", "day", "outcome"):
-        raise typer.BadParameter("use key, model, backend, day or outcome", param_hint="--by")
+    if by not in GROUPS:
+        raise typer.BadParameter(f"use one of {', '.join(GROUPS)}", param_hint="--by")
     start = datetime.now(UTC) - parse_duration(since)
-    group: GroupBy = by  # type: ignore[assignment]
+    group: GroupBy = by
 
     async def totals(engine: AsyncEngine) -> list[UsageTotal]:
         return await UsageStore(engine).totals(by=group, since=start, key=key, model=model)
@@ -702,20 +703,26 @@ def usage(
     say(f"Usage since {_when(start)} by {by}, from {describe(settings.database_url)}.")
     table = [(
         by.upper(), "REQUESTS", "ERRORS", "INCOMPLETE", "PROMPT", "COMPLETION", "TOTAL",
-        "ESTIMATED",
+        "ESTIMATED", "TTFB_MS", "DURATION_MS",
     )]  # fmt: skip
     for row in rows:
         table.append((
             row.group, str(row.requests), str(row.errors), str(row.incomplete),
             str(row.prompt_tokens), str(row.completion_tokens), str(row.total_tokens),
-            str(row.estimated),
+            str(row.estimated), _ms(row.mean_ttfb_ms), _ms(row.mean_duration_ms),
         ))  # fmt: skip
     if len(table) > 1:
+        count = sum(r.requests for r in rows)
+        timed = sum(r.requests for r in rows if r.mean_ttfb_ms is not None)
         table.append((
-            "(all)", str(sum(r.requests for r in rows)), str(sum(r.errors for r in rows)),
+            "(all)", str(count), str(sum(r.errors for r in rows)),
             str(sum(r.incomplete for r in rows)), str(sum(r.prompt_tokens for r in rows)),
             str(sum(r.completion_tokens for r in rows)), str(sum(r.total_tokens for r in rows)),
             str(sum(r.estimated for r in rows)),
+            # Weighted by requests: near enough where some records had no first byte.
+            _ms(sum(r.mean_ttfb_ms * r.requests for r in rows if r.mean_ttfb_ms is not None)
+                / timed if timed else None),
+            _ms(sum(r.mean_duration_ms * r.requests for r in rows) / count),
         ))  # fmt: skip
     _print_table(table)
     if any(r.incomplete for r in rows) and by != "outcome":
@@ -723,11 +730,17 @@ def usage(
             "INCOMPLETE counts answers that did not go out whole (the client left, the upstream"
             " broke off, shutdown cut them): --by outcome tells them apart."
         )
+    if rows:
+        say("TTFB_MS and DURATION_MS: the mean time to the answer's first byte and to its end.")
     if any(r.estimated for r in rows):
         say(
             "ESTIMATED counts requests cut short before the upstream counted their tokens:"
             " charged the tokens forwarded and an estimate of the prompt."
         )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:

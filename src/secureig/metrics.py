@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -163,8 +164,40 @@ class _Backends:
         yield waits
 
 
+# What the gateway turned away, by the status it answered: the console's names for them.
+_REFUSALS = {
+    400: "invalid request", 401: "no valid key", 403: "not allowed", 404: "no such model or route",
+    405: "method not allowed", 413: "body too large", 421: "unknown host", 429: "over a limit",
+    503: "busy, or the limiter unreachable",
+}  # fmt: skip
+
+
+# Surfaces whose requests are the operator's own: left out of the live page's rates.
+_OWN = frozenset({"admin", "console"})
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCounts:
+    """This process's counters now, for the console's live page: totals since start, from which
+    it draws rates between two readings."""
+
+    uptime_seconds: float
+    requests: int  # answered since start, the admin API's and the console's left out
+    server_errors: int  # of those, answered with 5xx
+    in_flight: int
+    streams: int
+    connections: int
+    tokens_in: int
+    tokens_out: int
+    refusals: dict[str, int]  # by reason, since start
+
+
 class Metrics:
     def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._streams: Callable[[], int] = lambda: 0
+        self._open: Callable[[], int] = lambda: 0
+        self._refused: Mapping[str, int] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self._backend_answers: dict[str, int] = {}
@@ -209,6 +242,45 @@ class Metrics:
         )
         gauge.set_function(open_now)
         self.registry.register(_Refusals(refused))
+        self._open, self._refused = open_now, refused
+
+    def watch_streams(self, streaming_now: Callable[[], int]) -> None:
+        gauge = Gauge(
+            "secureig_streams_in_flight", "Generations streaming their answer now.",
+            registry=self.registry,
+        )  # fmt: skip
+        gauge.set_function(streaming_now)
+        self._streams = streaming_now
+
+    def live(self) -> LiveCounts:
+        """Summed from the same counters Prometheus reads; costs nothing until asked."""
+        stats = self._per_request
+        requests = errors = 0
+        refusals: dict[str, int] = {}
+        for (surface, _, status), count in stats.requests.items():
+            code = int(status)
+            reason = _REFUSALS.get(code)
+            if reason is not None:
+                refusals[reason] = refusals.get(reason, 0) + count
+            if surface in _OWN:
+                continue  # the console's polls would be the rate it shows
+            requests += count
+            if code >= 500:
+                errors += count
+        for reason, count in self._refused.items():
+            refusals[f"connection: {reason}"] = count
+        tokens_in = tokens_out = 0
+        for (_, direction), count in stats.tokens.items():
+            if direction == "in":
+                tokens_in += count
+            else:
+                tokens_out += count
+        return LiveCounts(
+            uptime_seconds=round(time.monotonic() - self._started, 3),
+            requests=requests, server_errors=errors, in_flight=stats.active,
+            streams=self._streams(), connections=self._open(), tokens_in=tokens_in,
+            tokens_out=tokens_out, refusals=dict(sorted(refusals.items())),
+        )  # fmt: skip
 
     @property
     def active(self) -> int:

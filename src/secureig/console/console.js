@@ -4,7 +4,11 @@
 "use strict";
 
 const LIMITS = ["rpm", "tpm", "concurrency", "daily_tokens", "max_num_ctx", "max_num_predict"];
+const LIVE_EVERY_MS = 2000;
+const LIVE_POINTS = 60;  // two minutes of readings
+const SVG = "http://www.w3.org/2000/svg";
 let csrf = null;
+let liveTimer = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -14,6 +18,17 @@ function el(tag, attrs, ...children) {
   for (const child of children) node.append(child);
   return node;
 }
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const ms = (value) => (value === null || value === undefined ? "–"
+  : `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`);
+const rate = (value) => (value < 10 ? value.toFixed(1) : String(Math.round(value)));
 
 async function call(method, path, body) {
   const headers = {};
@@ -37,6 +52,7 @@ async function call(method, path, body) {
 
 function showLogin(message) {
   csrf = null;
+  stopLive();
   $("nav").hidden = true;
   for (const view of document.querySelectorAll(".view")) view.hidden = true;
   $("login").hidden = false;
@@ -54,8 +70,13 @@ function loggedIn(session) {
 
 function show(name) {
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== name;
+  for (const button of document.querySelectorAll("[data-view]")) {
+    button.classList.toggle("current", button.dataset.view === name);
+  }
   $("page-error").hidden = true;
-  ({ keys: loadKeys, usage: loadUsage, backends: loadBackends })[name]().catch(pageError);
+  stopLive();
+  ({ keys: loadKeys, usage: loadUsage, backends: loadBackends, live: startLive })[name]()
+    .catch(pageError);
 }
 
 function pageError(error) {
@@ -85,16 +106,26 @@ function limitsText(limits) {
 }
 
 async function loadKeys() {
-  const keys = await call("GET", "/admin/keys");
+  const revoked = $("show-revoked").checked;
+  const keys = await call("GET", `/admin/keys${revoked ? "?include_revoked=true" : ""}`);
   const rows = keys.map((key) => {
-    const actions = el("td", {});
+    const actions = el("td", { class: "actions" });
+    if (key.status !== "active") {
+      return el("tr", { "data-testid": "key-row", class: "inactive" },
+        el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
+        el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
+        el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
+        el("td", {}, key.last_used_at || "never"), actions);
+    }
+    const edit = el("button", { type: "button", "data-testid": "edit-key" }, "Edit");
+    edit.onclick = () => editKey(key);
     const rotate = el("button", { type: "button" }, "Rotate");
     rotate.onclick = () => confirmThen(`Rotate ${key.name}? Its current secret stops working.`,
       () => rotateKey(key.name).catch(pageError));
     const revoke = el("button", { type: "button", "data-testid": "revoke-key" }, "Revoke");
     revoke.onclick = () => confirmThen(`Revoke ${key.name}? This cannot be undone.`,
       () => revokeKey(key.name).catch(pageError));
-    actions.append(rotate, revoke);
+    actions.append(edit, rotate, revoke);
     return el("tr", { "data-testid": "key-row" },
       el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
       el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
@@ -102,6 +133,50 @@ async function loadKeys() {
       el("td", {}, key.last_used_at || "never"), actions);
   });
   $("key-rows").replaceChildren(...rows);
+}
+
+function editKey(key) {
+  $("edit-key-name").textContent = key.name;
+  for (const box of document.querySelectorAll("input[name=edit-scope]")) {
+    box.checked = key.scopes.includes(box.value);
+  }
+  $("edit-key-models").value = key.models.join(", ");
+  $("edit-key-expires").value = "";
+  for (const name of LIMITS) {
+    const value = key.limits[name];
+    $(`edit-limit-${name}`).value = value === null || value === undefined ? "" : String(value);
+  }
+  $("edit-error").hidden = true;
+  $("edit-key").onsubmit = (event) => saveKey(event, key);
+  $("edit-dialog").showModal();
+}
+
+async function saveKey(event, key) {
+  event.preventDefault();
+  // Only what changed is sent: the API keeps what a PATCH leaves out, and 0 removes a limit.
+  const body = {};
+  const scopes = [...document.querySelectorAll("input[name=edit-scope]:checked")]
+    .map((box) => box.value);
+  if (scopes.join(" ") !== key.scopes.join(" ")) body.scopes = scopes;
+  const models = $("edit-key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
+  if (models.join(",") !== key.models.join(",")) body.models = models;
+  const expires = $("edit-key-expires").value.trim();
+  if (expires) body.expires_in = expires;
+  for (const name of LIMITS) {
+    const text = $(`edit-limit-${name}`).value.trim();
+    const value = text ? Number(text) : null;
+    const current = key.limits[name] === undefined ? null : key.limits[name];
+    if (value !== current) body[name] = value === null ? 0 : value;
+  }
+  try {
+    await call("PATCH", `/admin/keys/${encodeURIComponent(key.name)}`, body);
+    $("edit-dialog").close();
+    await loadKeys();
+  } catch (error) {
+    if (error.message === "logged out") { $("edit-dialog").close(); return; }
+    $("edit-error").textContent = error.message;
+    $("edit-error").hidden = false;
+  }
 }
 
 async function rotateKey(name) {
@@ -142,12 +217,16 @@ async function createKey(event) {
 
 // ---- usage
 
+const SINCE_HOURS = { "24h": 24, "7d": 168, "30d": 720 };
+
 async function loadUsage() {
   const since = $("usage-since").value;
   const by = $("usage-by").value;
-  const [groups, days] = await Promise.all([
+  const per = $("usage-per").value;
+  const [groups, keys, buckets] = await Promise.all([
     call("GET", `/admin/usage?by=${by}&since=${since}`),
-    call("GET", `/admin/usage?by=day&since=${since}`),
+    by === "key" ? null : call("GET", `/admin/usage?by=key&since=${since}`),
+    call("GET", `/admin/usage?by=${per}&since=${since}`),
   ]);
   const sum = (field) => groups.reduce((total, g) => total + g[field], 0);
   $("usage-requests").textContent = sum("requests");
@@ -157,32 +236,66 @@ async function loadUsage() {
   $("usage-group").textContent = by[0].toUpperCase() + by.slice(1);
   $("usage-rows").replaceChildren(...groups.map((g) => el("tr", {},
     el("td", {}, g.group), el("td", {}, String(g.requests)), el("td", {}, String(g.errors)),
-    el("td", {}, String(g.prompt_tokens)), el("td", {}, String(g.completion_tokens)))));
-  drawChart(days.slice().sort((a, b) => a.group.localeCompare(b.group)));
+    el("td", {}, String(g.prompt_tokens)), el("td", {}, String(g.completion_tokens)),
+    el("td", {}, ms(g.mean_ttfb_ms)), el("td", {}, ms(g.mean_duration_ms)))));
+  const perKey = keys || groups;
+  const busiest = perKey.slice().sort((a, b) => b.requests - a.requests).slice(0, 5);
+  $("usage-busiest").replaceChildren(...busiest.map((k) => el("tr", {},
+    el("td", {}, k.group), el("td", {}, String(k.requests)), el("td", {}, String(k.total_tokens)))));
+  const slowest = perKey.filter((k) => k.mean_ttfb_ms !== null)
+    .sort((a, b) => b.mean_ttfb_ms - a.mean_ttfb_ms).slice(0, 5);
+  $("usage-slowest").replaceChildren(...slowest.map((k) => el("tr", {},
+    el("td", {}, k.group), el("td", {}, ms(k.mean_ttfb_ms)), el("td", {}, ms(k.mean_duration_ms)))));
+  drawUsage(fillBuckets(buckets, per, SINCE_HOURS[since]));
 }
 
-function drawChart(days) {
-  const svg = $("usage-chart");
-  const ns = "http://www.w3.org/2000/svg";
-  const most = Math.max(1, ...days.map((d) => d.requests));
-  const width = Math.min(600 / Math.max(days.length, 1), 60);
-  const bars = days.map((day, i) => {
-    const height = Math.round((day.requests / most) * 130);
-    const bar = document.createElementNS(ns, "rect");
-    bar.setAttribute("x", String(i * width + 2));
-    bar.setAttribute("y", String(140 - height));
-    bar.setAttribute("width", String(Math.max(width - 4, 1)));
-    bar.setAttribute("height", String(height));
-    const title = document.createElementNS(ns, "title");
-    title.textContent = `${day.group}: ${day.requests} requests, ${day.total_tokens} tokens`;
-    bar.append(title);
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", String(i * width + 2));
-    label.setAttribute("y", "155");
-    label.textContent = day.group.slice(5);
-    return [bar, label];
-  }).flat();
-  svg.replaceChildren(...bars);
+// Every hour or day of the period, those without a request as zero, oldest first.
+function fillBuckets(rows, per, hours) {
+  const found = new Map(rows.map((row) => [row.group, row]));
+  const step = per === "hour" ? 3600e3 : 86400e3;
+  const name = (t) => {
+    const iso = new Date(t).toISOString();
+    return per === "hour" ? `${iso.slice(0, 10)} ${iso.slice(11, 13)}:00` : iso.slice(0, 10);
+  };
+  const now = Date.now();
+  const out = [];
+  for (let t = Math.floor((now - hours * 3600e3) / step) * step; t <= now; t += step) {
+    const group = name(t);
+    out.push(found.get(group) || { group, requests: 0, total_tokens: 0 });
+  }
+  return out;
+}
+
+function drawUsage(buckets) {
+  const chart = $("usage-chart");
+  const [left, top, width, height] = [44, 10, 630, 140];
+  const most = Math.max(1, ...buckets.map((b) => b.requests));
+  const tokens = Math.max(1, ...buckets.map((b) => b.total_tokens));
+  const slot = width / Math.max(buckets.length, 1);
+  const parts = [
+    svg("line", { x1: left, y1: top + height, x2: left + width, y2: top + height, class: "axis" }),
+    svg("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, String(most)),
+    svg("text", { x: left - 4, y: top + height, "text-anchor": "end" }, "0"),
+    svg("text", { x: left + width + 4, y: top + 8, class: "tokens" }, String(tokens)),
+  ];
+  const points = [];
+  const every = Math.ceil(buckets.length / 8);
+  buckets.forEach((bucket, i) => {
+    const h = (bucket.requests / most) * height;
+    const bar = svg("rect", {
+      x: left + i * slot + slot * 0.1, y: top + height - h,
+      width: Math.max(slot * 0.8, 1), height: h, class: "requests",
+    });
+    bar.append(svg("title", {}, `${bucket.group}: ${bucket.requests} requests,`
+      + ` ${bucket.total_tokens} tokens`));
+    parts.push(bar);
+    points.push(`${left + (i + 0.5) * slot},${top + height - (bucket.total_tokens / tokens) * height}`);
+    if (i % every === 0) {
+      parts.push(svg("text", { x: left + i * slot, y: top + height + 14 }, bucket.group.slice(5)));
+    }
+  });
+  parts.push(svg("polyline", { points: points.join(" "), class: "tokens" }));
+  chart.replaceChildren(...parts);
 }
 
 // ---- backends
@@ -197,14 +310,86 @@ async function loadBackends() {
     el("td", {}, b.recent_errors.join("; ")))));
 }
 
+// ---- live
+
+let previous = null;
+let history = [];
+
+function stopLive() {
+  if (liveTimer !== null) clearInterval(liveTimer);
+  liveTimer = null;
+}
+
+async function startLive() {
+  previous = null;
+  history = [];
+  await readLive();
+  liveTimer = setInterval(() => readLive().catch(pageError), LIVE_EVERY_MS);
+}
+
+async function readLive() {
+  const now = await call("GET", "/admin/live");
+  if ($("live").hidden) return;  // another page was chosen while this reading was on its way
+  // A restart, or another replica behind a load balancer, starts the rates afresh.
+  const last = previous && now.uptime_seconds > previous.uptime_seconds
+    && now.requests >= previous.requests ? previous : null;
+  const seconds = last ? now.uptime_seconds - last.uptime_seconds : 0;
+  const per = (field) => (last ? (now[field] - last[field]) / seconds : null);
+  const rps = per("requests");
+  if (rps !== null) history = [...history, rps].slice(-LIVE_POINTS);
+  $("live-rps").textContent = rps === null ? "–" : rate(rps);
+  $("live-tps").textContent = rps === null ? "–" : rate(per("tokens_out"));
+  $("live-errors").textContent = rps === null ? "–" : rate(per("server_errors"));
+  $("live-streams").textContent = String(now.streams);
+  $("live-in-flight").textContent = String(now.in_flight);
+  $("live-connections").textContent = String(now.connections);
+  $("live-refusals").replaceChildren(...Object.entries(now.refusals).map(([reason, count]) => {
+    const recent = last ? count - (last.refusals[reason] || 0) : 0;
+    return el("tr", { "data-testid": "live-refusal", class: recent ? "recent" : "" },
+      el("td", {}, reason), el("td", {}, String(count)), el("td", {}, recent ? `+${recent}` : ""));
+  }));
+  if (!Object.keys(now.refusals).length) {
+    $("live-refusals").replaceChildren(el("tr", {}, el("td", { colspan: "3" }, "none yet")));
+  }
+  $("live-backends").replaceChildren(...now.backends.map((b) => el("tr", {},
+    el("td", {}, b.name), el("td", { class: b.state }, b.state),
+    el("td", {}, String(b.in_flight)), el("td", {}, String(b.queued)))));
+  $("live-status").textContent = `Read at ${new Date().toLocaleTimeString()}, every`
+    + ` ${LIVE_EVERY_MS / 1000} s, from the replica that answered (up`
+    + ` ${Math.round(now.uptime_seconds)} s).`;
+  drawLive();
+  previous = now;
+}
+
+function drawLive() {
+  const chart = $("live-chart");
+  const [left, top, width, height] = [44, 8, 660, 96];
+  const most = Math.max(1, ...history);
+  const step = width / (LIVE_POINTS - 1);
+  const offset = LIVE_POINTS - history.length;
+  const points = history.map((value, i) =>
+    `${left + (offset + i) * step},${top + height - (value / most) * height}`);
+  chart.replaceChildren(
+    svg("line", { x1: left, y1: top + height, x2: left + width, y2: top + height, class: "axis" }),
+    svg("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, rate(most)),
+    svg("text", { x: left - 4, y: top + height, "text-anchor": "end" }, "0"),
+    svg("polyline", { points: points.join(" "), class: "requests" }),
+  );
+}
+
 // ---- start
 
 document.addEventListener("DOMContentLoaded", async () => {
-  const limits = $("limits");
-  for (const name of LIMITS) {
-    limits.append(el("label", {}, name + " ",
-      el("input", { id: `limit-${name}`, type: "number", min: "1", step: "1" })));
+  for (const [fieldset, prefix] of [["limits", "limit"], ["edit-limits", "edit-limit"]]) {
+    for (const name of LIMITS) {
+      $(fieldset).append(el("label", {}, name + " ", el("input", {
+        id: `${prefix}-${name}`, "data-testid": `${prefix}-${name}`, type: "number", min: "1",
+        step: "1",
+      })));
+    }
   }
+  $("edit-cancel").onclick = () => $("edit-dialog").close();
+  $("show-revoked").onchange = () => loadKeys().catch(pageError);
   for (const button of document.querySelectorAll("[data-view]")) {
     button.onclick = () => show(button.dataset.view);
   }
@@ -225,8 +410,13 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("create-key").onsubmit = createKey;
   $("copy-secret").onclick = () => navigator.clipboard.writeText($("new-key-secret").textContent);
   $("hide-secret").onclick = () => { $("new-key-secret").textContent = ""; $("new-key").hidden = true; };
-  $("usage-since").onchange = () => loadUsage().catch(pageError);
+  $("usage-since").onchange = () => {
+    // A day's chart per hour, longer periods per day; either can still be chosen after.
+    $("usage-per").value = $("usage-since").value === "24h" ? "hour" : "day";
+    loadUsage().catch(pageError);
+  };
   $("usage-by").onchange = () => loadUsage().catch(pageError);
+  $("usage-per").onchange = () => loadUsage().catch(pageError);
   try {
     loggedIn(await call("GET", "/ui/session"));
   } catch {

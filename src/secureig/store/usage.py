@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,7 +33,8 @@ from secureig.store.tables import UsageRow
 
 log = logging.getLogger("secureig.usage")
 
-GroupBy = Literal["key", "model", "backend", "day", "outcome"]
+GroupBy = Literal["key", "model", "backend", "hour", "day", "outcome"]
+GROUPS: tuple[GroupBy, ...] = get_args(GroupBy)
 # How a request ended. "completed": its answer went out whole, whatever its status.
 OUTCOMES = (
     "completed",
@@ -78,6 +79,8 @@ class UsageTotal:
     completion_tokens: int
     estimated: int = 0  # requests whose tokens are an estimate (cut short before the counts)
     incomplete: int = 0  # requests whose answer did not go out whole
+    mean_ttfb_ms: float | None = None  # time to the answer's first byte, over those that had one
+    mean_duration_ms: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -102,6 +105,15 @@ class UsageStore:
         # SQLite has no timestamp type: store what SQLAlchemy's DateTime stores, so queries
         # through it compare like with like.
         self._sqlite = engine.dialect.name == "sqlite"
+        # The day and hour a record falls in, in UTC whatever the database's time zone:
+        # "2026-12-04" and "2026-12-04 13:00".
+        if self._sqlite:
+            self._day: Any = func.strftime("%Y-%m-%d", UsageRow.at)
+            self._hour: Any = func.strftime("%Y-%m-%d %H:00", UsageRow.at)
+        else:
+            utc = func.timezone("UTC", UsageRow.at)
+            self._day = func.to_char(utc, "YYYY-MM-DD")
+            self._hour = func.to_char(utc, "YYYY-MM-DD HH24:00")
 
     def _row(self, r: UsageRecord) -> tuple[Any, ...]:
         at: Any = r.at.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else r.at
@@ -127,7 +139,8 @@ class UsageStore:
         column: Any = {
             "key": UsageRow.key_name,
             "model": func.coalesce(UsageRow.model, "-"),
-            "day": func.date(UsageRow.at),
+            "hour": self._hour,
+            "day": self._day,
             "outcome": func.coalesce(UsageRow.outcome, "-"),
             "backend": func.coalesce(UsageRow.backend, "-"),
         }[by]
@@ -142,6 +155,8 @@ class UsageStore:
                 func.coalesce(
                     func.sum((UsageRow.outcome != "completed").cast(UsageRow.status.type)), 0
                 ),
+                func.avg(UsageRow.ttfb_ms),
+                func.avg(UsageRow.duration_ms),
             )
             .group_by(column)
             .order_by(column)
@@ -157,9 +172,10 @@ class UsageStore:
         return [
             UsageTotal(
                 str(grp), int(n), int(errors or 0), int(prompt), int(completion), int(estimated),
-                int(incomplete),
+                int(incomplete), None if ttfb is None else round(float(ttfb), 2),
+                round(float(duration or 0), 2),
             )
-            for grp, n, errors, prompt, completion, estimated, incomplete in rows
+            for grp, n, errors, prompt, completion, estimated, incomplete, ttfb, duration in rows
         ]  # fmt: skip
 
 

@@ -81,6 +81,7 @@ class Forwarder:
         self.fleet: Fleet = router.fleet
         self.max_answer_bytes = max_answer_bytes
         self._names = ", ".join(b.name for b in self.fleet.backends)
+        self.streams = 0  # generations streaming their answer now
 
     def open(self, receive: Receive, ex: Exchange, call: Call) -> _Open:
         return _Open(self, receive, ex, call)
@@ -233,7 +234,7 @@ class Forwarder:
 class _Open:
     """The context manager `Forwarder.open` returns (a plain class: every request enters one)."""
 
-    __slots__ = ("_call", "_ex", "_exchange", "_forwarder", "_slot", "_watch")
+    __slots__ = ("_call", "_ex", "_exchange", "_forwarder", "_slot", "_streaming", "_watch")
     _watch: CancelOnDisconnect | None
 
     def __init__(self, forwarder: Forwarder, receive: Receive, ex: Exchange, call: Call) -> None:
@@ -246,13 +247,14 @@ class _Open:
         )
         self._slot: Slot | None = None
         self._exchange: Pending | None = None
+        self._streaming = False
 
     async def __aenter__(self) -> Answer:
         watch = self._watch
         if watch is not None:
             await watch.__aenter__()
         try:
-            return await self._send()
+            answer = await self._send()
         except BaseException as exc:
             if isinstance(exc, GatewayError) and exc.model is None:
                 exc.model = self._call.model
@@ -260,6 +262,11 @@ class _Open:
             if watch is None or not await watch.__aexit__(type(exc), exc, None):
                 raise
             raise ClientGone from None
+        call = self._call
+        if not call.whole and call.model_key is not None:
+            self._streaming = True
+            self._forwarder.streams += 1
+        return answer
 
     async def _send(self) -> Answer:
         call, ex, forwarder = self._call, self._ex, self._forwarder
@@ -323,6 +330,9 @@ class _Open:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
         call, slot = self._call, self._slot
+        if self._streaming:
+            self._streaming = False
+            self._forwarder.streams -= 1
         if isinstance(exc, GatewayError) and exc.model is None:
             exc.model = call.model
         if kind is None and slot is not None and call.model_key is not None:

@@ -18,12 +18,13 @@ from secureig.durations import parse_duration
 from secureig.errors import GatewayError
 from secureig.keylimits import SPECS as LIMIT_SPECS
 from secureig.keylimits import KeyLimits, LimitError
+from secureig.metrics import Metrics
 from secureig.names import MAX_NAME_LENGTH, InvalidModelName
 from secureig.policy import ConsoleSessions, Gatekeeper, Operation, Principal
 from secureig.routing import Router
 from secureig.store import UNCHANGED, KeyRecord, KeyStore, KeyStoreError
 from secureig.store.keystore import MAX_PATTERNS, KeyExists, KeyNotFound
-from secureig.store.usage import UsageStore
+from secureig.store.usage import GroupBy, UsageStore
 from secureig.surfaces._asgi import (
     ASGIApp,
     ClientGone,
@@ -131,6 +132,34 @@ class UsageOut(BaseModel):
         description="Requests whose answer did not go out whole (client left, upstream broke"
         " off, shutdown); group by outcome to tell them apart."
     )
+    mean_ttfb_ms: float | None = Field(
+        description="Mean time to the answer's first byte, over the requests that had one."
+    )
+    mean_duration_ms: float = Field(description="Mean time to the answer's end.")
+
+
+class LiveBackend(BaseModel):
+    name: str
+    state: str
+    in_flight: int
+    queued: int
+
+
+class LiveOut(BaseModel):
+    """Counters of the replica that answers, since it started: two readings give rates."""
+
+    uptime_seconds: float
+    requests: int = Field(
+        description="Requests answered since start, the admin API's and the console's left out."
+    )
+    server_errors: int = Field(description="Of those, answered with a 5xx status.")
+    in_flight: int = Field(description="Requests in flight, this one left out.")
+    streams: int = Field(description="Generations streaming their answer now.")
+    connections: int = Field(description="Client connections open.")
+    tokens_in: int
+    tokens_out: int
+    refusals: dict[str, int] = Field(description="Requests and connections turned away, by why.")
+    backends: list[LiveBackend]
 
 
 def _expiry(text: str | None) -> datetime | None:
@@ -193,7 +222,7 @@ class AdminGate:
 
 
 def admin_router(
-    gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, router: Router
+    gatekeeper: Gatekeeper, keys: KeyStore, usage: UsageStore, router: Router, metrics: Metrics
 ) -> APIRouter:
     catalog = router.fleet
 
@@ -276,13 +305,13 @@ def admin_router(
     @api.get("/usage")
     async def usage_totals(
         _: Admin,
-        by: Literal["key", "model", "backend", "day", "outcome"] = "key",
+        by: GroupBy = "key",
         since: Annotated[str, Query(max_length=32, description="12h, 7d, 30d")] = "7d",
         key: Annotated[str | None, Query(max_length=64)] = None,
         model: Annotated[str | None, Query(max_length=MAX_NAME_LENGTH)] = None,
     ) -> list[UsageOut]:
-        """Requests and tokens per key, model, backend, day or outcome, as `secureig usage` prints
-        them."""
+        """Requests, tokens and mean latencies per key, model, backend, hour (UTC, "2026-12-04
+        13:00"), day (UTC) or outcome, as `secureig usage` prints them."""
         try:
             start = datetime.now(UTC) - parse_duration(since)
         except ValueError as exc:
@@ -302,6 +331,18 @@ def admin_router(
                 b.name: sorted(e.name for e in b.models.values()) for b in catalog.backends
             },
         }
+
+    @api.get("/live")
+    async def live(_: Admin) -> LiveOut:
+        """This replica's counters now, for the console's live page (it polls them)."""
+        counts = metrics.live()
+        fields = asdict(counts)
+        fields["in_flight"] = max(counts.in_flight - 1, 0)  # this request is one of them
+        backends = [
+            LiveBackend(name=b.name, state=b.state, in_flight=b.in_flight, queued=b.queued)
+            for b in router.report()
+        ]
+        return LiveOut(**fields, backends=backends)
 
     @api.get("/backends")
     async def backends(_: Admin) -> list[dict[str, Any]]:

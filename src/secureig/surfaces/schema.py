@@ -254,6 +254,12 @@ class ResponsesRequest(_OpenAI):
     text: dict[str, Any] | None = None
 
 
+class ConsoleLogin(BaseModel):
+    """The console's login: an admin key, exchanged for a session cookie."""
+
+    key: str
+
+
 # -- answers -----------------------------------------------------------------------------------
 
 _OBJECT = {"type": "object"}
@@ -306,6 +312,7 @@ _WHY = {
     404: "No such model (one the key may use), or no such route",
     409: "A live key of that name exists",
     413: "Body over the limit",
+    415: "Not JSON (the console's login takes only application/json)",
     421: "The Host header names a host the gateway does not answer for",
     422: "Malformed body",
     429: "A limit of the key, or too many failed keys from the address",
@@ -509,10 +516,67 @@ def _seed_path(seed_body: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def _console_paths() -> dict[str, Any]:
+    session = {
+        _JSON: {"schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"}, "csrf": {"type": "string"},
+                "expires_at": {"type": "string", "format": "date-time"},
+            },
+            "required": ["name", "csrf", "expires_at"],
+        }}
+    }  # fmt: skip
+    cookie = {"in": "cookie", "name": "secureig_session", "required": False}
+    cookie["schema"] = {"type": "string", "maxLength": 64}
+    csrf = {"in": "header", "name": "X-CSRF-Token", "required": False}
+    csrf["schema"] = {"type": "string", "maxLength": 64}
+    errors = (401, 421, 429)
+
+    def op(summary: str, ok: dict[str, Any], statuses: tuple[int, ...], **kw: Any) -> Any:
+        operation = _operation(summary, "console", None, ok, _errors(statuses, _NATIVE_ERROR), **kw)
+        operation["security"] = []  # the session cookie, or (to log in) the key in the body
+        return operation
+
+    login = op(
+        "Log in to the console: an admin key for a session cookie (HttpOnly, SameSite=Strict)",
+        {"201": _ok("Logged in; the cookie is set", session)},
+        (400, 401, 403, 413, 415, 421, 429),
+    )
+    login["requestBody"] = {
+        "required": True,
+        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ConsoleLogin"}}},
+    }
+    return {
+        "/ui": {
+            "get": op(
+                "The admin console's page",
+                {"200": _ok("The page", {"text/html": {"schema": _TEXT}})},
+                (421,),
+            )
+        },
+        "/ui/session": {
+            "post": login,
+            "get": op(
+                "The console session the cookie stands for",
+                {"200": _ok("It", session)},
+                errors,
+                parameters=[cookie],
+            ),
+            "delete": op(
+                "Log out (needs the session's CSRF token)",
+                {"200": _ok("Ended; the cookie is cleared", {_JSON: {"schema": _OBJECT}})},
+                (*errors, 403),
+                parameters=[cookie, csrf],
+            ),
+        },
+    }
+
+
 _BODIES: tuple[type[BaseModel], ...] = (
     GenerateRequest, ChatRequest, EmbedRequest, EmbeddingsRequest, ShowRequest, RegistryRequest,
     CreateRequest, CopyRequest, DeleteRequest, ChatCompletionRequest, CompletionRequest,
-    EmbeddingsCreateRequest, MessagesRequest, CountTokensRequest, ResponsesRequest,
+    EmbeddingsCreateRequest, MessagesRequest, CountTokensRequest, ResponsesRequest, ConsoleLogin,
 )  # fmt: skip
 _ADMIN_ERRORS = (400, 401, 403, 413, 421, 429)
 _PUBLIC = ("/", "/healthz", "/readyz")
@@ -552,6 +616,7 @@ def document(schema: dict[str, Any], seed_body: type[BaseModel]) -> dict[str, An
     paths.update(_native_paths())
     paths.update(_openai_paths())
     paths.update(_agent_paths())
+    paths.update(_console_paths())
     paths["/metrics"] = {
         "get": _operation(
             "Prometheus metrics (open on loopback, else an admin key)",
