@@ -110,12 +110,14 @@ async function loadKeys() {
   const keys = await call("GET", `/admin/keys${revoked ? "?include_revoked=true" : ""}`);
   const rows = keys.map((key) => {
     const actions = el("td", { class: "actions" });
+    const row = el("tr", { "data-testid": "key-row" },
+      el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
+      el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
+      el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
+      el("td", {}, key.last_used_at || "never"), actions);
     if (key.status !== "active") {
-      return el("tr", { "data-testid": "key-row", class: "inactive" },
-        el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
-        el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
-        el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
-        el("td", {}, key.last_used_at || "never"), actions);
+      row.classList.add("inactive");  // revoked or expired: nothing left to change
+      return row;
     }
     const edit = el("button", { type: "button", "data-testid": "edit-key" }, "Edit");
     edit.onclick = () => editKey(key);
@@ -126,11 +128,7 @@ async function loadKeys() {
     revoke.onclick = () => confirmThen(`Revoke ${key.name}? This cannot be undone.`,
       () => revokeKey(key.name).catch(pageError));
     actions.append(edit, rotate, revoke);
-    return el("tr", { "data-testid": "key-row" },
-      el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
-      el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
-      el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
-      el("td", {}, key.last_used_at || "never"), actions);
+    return row;
   });
   $("key-rows").replaceChildren(...rows);
 }

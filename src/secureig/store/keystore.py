@@ -70,16 +70,7 @@ class KeyRecord:
         return "active"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything the store writes is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _record(row: ApiKey) -> KeyRecord:
-    created = _utc(row.created_at)
-    assert created is not None
     return KeyRecord(
         id=row.id,
         name=row.name,
@@ -87,11 +78,11 @@ def _record(row: ApiKey) -> KeyRecord:
         digest=row.digest,
         scopes=parse_scopes(row.scopes.split()),
         models=tuple(json.loads(row.models)),
-        created_at=created,
-        expires_at=_utc(row.expires_at),
-        revoked_at=_utc(row.revoked_at),
-        rotated_at=_utc(row.rotated_at),
-        last_used_at=_utc(row.last_used_at),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        rotated_at=row.rotated_at,
+        last_used_at=row.last_used_at,
         limits=KeyLimits(**{name: getattr(row, name) for name in LIMIT_NAMES}),
     )
 
@@ -346,7 +337,7 @@ class KeyStore:
             ).one_or_none()
         if row is None:
             return KeyringStatus(0, None)
-        return KeyringStatus(int(row[0] or 0), _utc(row[1]))
+        return KeyringStatus(int(row[0] or 0), row[1])
 
     async def record_last_used(self, used: Mapping[int, datetime]) -> None:
         """Write last-used times in one transaction; no generation bump, nothing to reload."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -58,11 +58,8 @@ class SessionStore:
             )
         if row is None:
             return None
-        # SQLite hands back naive datetimes; everything the store writes is UTC.
         return SessionRecord(
-            row.token_digest, row.key_digest, row.csrf,
-            row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC),
-            row.last_seen_at.replace(tzinfo=row.last_seen_at.tzinfo or UTC),
+            row.token_digest, row.key_digest, row.csrf, row.created_at, row.last_seen_at
         )  # fmt: skip
 
     async def touch(self, token_digest: str, now: datetime) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -13,10 +14,24 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A time with its zone, always read back as UTC: SQLite hands back naive datetimes, and
+    everything the store writes is UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value  # type: ignore[no-any-return]
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
 class Base(DeclarativeBase):
@@ -33,11 +48,11 @@ class ApiKey(Base):
     # Space-separated scope names and a JSON list of model patterns: read whole, never queried.
     scopes: Mapped[str] = mapped_column(String(64), nullable=False)
     models: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     max_num_ctx: Mapped[int | None] = mapped_column(Integer)
     max_num_predict: Mapped[int | None] = mapped_column(Integer)
     rpm: Mapped[int | None] = mapped_column(Integer)
@@ -69,7 +84,7 @@ class KeyringState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(Integer, nullable=False)
     # When the store first held an admin key; from then on the bootstrap key never serves.
-    admin_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    admin_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class UsageRow(Base):
@@ -80,7 +95,7 @@ class UsageRow(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     request_id: Mapped[str] = mapped_column(String(32), nullable=False)
     key_id: Mapped[int | None] = mapped_column(Integer)
     key_name: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -117,5 +132,5 @@ class ConsoleSession(Base):
     token_digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     key_digest: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     csrf: Mapped[str] = mapped_column(String(64), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
