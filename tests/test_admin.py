@@ -403,9 +403,13 @@ def test_first_admin_key_through_the_api_ends_the_bootstrap_key(deployment: Depl
 
 
 def _usage(client: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    """The totals, each row's mean latencies checked and set aside: they are the clock's."""
     response = client.get("/admin/usage", params=params, headers=_h("admin"))
     assert response.status_code == 200, response.text
     rows: list[dict[str, Any]] = response.json()
+    for row in rows:
+        duration, ttfb = row.pop("mean_duration_ms"), row.pop("mean_ttfb_ms")
+        assert duration > 0 and (ttfb is None or 0 < ttfb <= duration), row
     return rows
 
 

@@ -68,10 +68,25 @@ def site(
     dep.close()
 
 
+# Every CSP violation the browser reports, on every page the context opens, is handed to Python.
+_REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation",
+  (e) => window.reportViolation(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+def _watched(browser: Browser, violations: list[str]) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.expose_function("reportViolation", lambda seen: violations.append(seen))
+    context.add_init_script(_REPORT_VIOLATIONS)
+    return context
+
+
 @pytest.fixture
 def page(browser: Browser, site: Deployment) -> Iterator[Page]:
     origin = site.gateways[0].url
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    violations: list[str] = []
+    context = _watched(browser, violations)
     opened = context.new_page()
     elsewhere: list[str] = []
     problems: list[str] = []
@@ -80,6 +95,7 @@ def page(browser: Browser, site: Deployment) -> Iterator[Page]:
     opened.on("pageerror", lambda e: problems.append(str(e)))
     yield opened
     context.close()
+    assert violations == [], "the browser reported CSP violations"
     assert elsewhere == [], "the console asked another origin"
     # A failed API call (401 after logout, 403) is logged by Chromium as a failed resource;
     # what must never appear is a policy violation or a script error.
@@ -342,6 +358,34 @@ def test_the_session_ends_when_its_admin_key_is_revoked(page: Page, site: Deploy
         page.wait_for_timeout(200)
     expect(page.get_by_test_id("login-error")).to_contain_text("session has ended")
     expect(page.get_by_test_id("logout")).to_be_hidden()
+
+
+def test_the_csp_refuses_inline_script_and_the_browser_says_so(
+    browser: Browser, site: Deployment
+) -> None:
+    """The check every other test makes (no violation reported) can fail: script injected into
+    the page is refused, and reported."""
+    violations: list[str] = []
+    context = _watched(browser, violations)
+    page = context.new_page()
+    page.goto(site.gateways[0].url + "/ui")
+    expect(page.get_by_test_id("login-submit")).to_be_visible()  # the page's own script ran
+    page.evaluate("""() => {
+        const injected = document.createElement("script");
+        injected.textContent = "window.injectedRan = true";
+        document.body.append(injected);
+        const image = document.createElement("img");
+        image.src = "http://localhost:9/tracker.png";
+        document.body.append(image);
+    }""")
+    for _ in range(30):  # Playwright hands reports over only while it is called
+        if len(violations) >= 2:
+            break
+        page.wait_for_timeout(100)
+    assert page.evaluate("window.injectedRan === undefined")
+    context.close()
+    assert any(v.startswith("script-src") for v in violations), violations
+    assert any(v.startswith("img-src") and "localhost:9" in v for v in violations), violations
 
 
 class _Hostile(BaseHTTPRequestHandler):
