@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -94,13 +95,17 @@ class Gateway:
         port: int,
         args: tuple[str, ...] = (),
         open_files: int | None = None,
+        verify: ssl.SSLContext | None = None,
     ):
         self.open_files = open_files  # a limit on the process's open files (ulimit -n)
         self.env = env
         self.cwd = cwd
         self.port = port
         self.args = args
-        self.url = f"http://127.0.0.1:{port}"
+        # Served over TLS when a certificate is configured; `verify` is what clients trust.
+        tls = "SECUREIG_SSL_CERTFILE" in env or "--ssl-certfile" in args
+        self.verify: ssl.SSLContext | bool = verify if verify is not None else True
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self.log_path = cwd / f"gateway-{port}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -132,7 +137,8 @@ class Gateway:
             if self.process.poll() is not None:
                 raise AssertionError(f"gateway exited {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                answer = httpx.get(self.url + "/healthz", timeout=1.0, verify=self.verify)
+                if answer.status_code == 200:
                     return
             time.sleep(0.05)
         raise AssertionError(f"gateway did not come up in {timeout}s:\n{self.log()}")
@@ -207,11 +213,12 @@ class Deployment:
         port: int | None = None,
         wait: bool = True,
         open_files: int | None = None,
+        verify: ssl.SSLContext | None = None,
         **env: str,
     ) -> Gateway:
         merged = dict(self.env)
         merged.update({f"SECUREIG_{k.upper()}": v for k, v in env.items()})
-        gateway = Gateway(merged, self.tmp, port or free_port(), args, open_files)
+        gateway = Gateway(merged, self.tmp, port or free_port(), args, open_files, verify)
         self.gateways.append(gateway)
         return gateway.start(wait=wait)
 

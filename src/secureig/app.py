@@ -60,6 +60,7 @@ from secureig.surfaces.responses import ResponsesSurface
 from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
+from secureig.tls import client_context
 from secureig.upstream import OllamaClient, OpenAIClient, Timeouts
 
 log = logging.getLogger("secureig")
@@ -111,6 +112,7 @@ def build_fleet(settings: Settings) -> Fleet:
                 max_line_bytes=settings.max_line_bytes,
                 max_answer_bytes=settings.max_answer_bytes,
                 api_key=spec.api_key,
+                ssl_context=client_context(spec.ca_file, spec.tls_verify, spec.name),
             ),
         )
         for spec in settings.fleet

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import ssl
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -256,12 +257,38 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="PEM certificate: serve HTTPS, TLS 1.2+ [env: SECUREIG_SSL_CERTFILE].",
+            show_default=False,
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Its PEM private key [env: SECUREIG_SSL_KEYFILE].",
+            show_default=False,
+        ),
+    ] = None,
+    ssl_ca_certs: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="PEM CA certificates: require client certificates they signed (mutual TLS)"
+            " [env: SECUREIG_SSL_CA_CERTS].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the gateway."""
     import uvicorn
 
     from secureig.app import create_app, refusal_reason
     from secureig.protocol import fit_descriptors, protocol_class
+    from secureig.tls import TLSConfigError, server_context
 
     settings = settings_from(
         host=host,
@@ -271,8 +298,20 @@ def serve(
         database_url=database_url,
         allow_bootstrap_key=allow_bootstrap_key,
         log_level=log_level,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        ssl_ca_certs=ssl_ca_certs,
     )
     _configure_logging(settings.log_level)
+    tls: ssl.SSLContext | None = None
+    try:
+        if settings.ssl_certfile is not None:
+            tls = server_context(
+                settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
+                settings.ssl_client_certs,
+            )  # fmt: skip
+    except TLSConfigError as exc:
+        raise fail(str(exc), 2) from None
 
     async def live_keys(store: KeyStore) -> int:
         return await store.count_live()
@@ -295,7 +334,10 @@ def serve(
         )
         settings = settings.model_copy(update={"max_connections": fitted})
 
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except TLSConfigError as exc:  # a backend's ca_file
+        raise fail(str(exc), 2) from None
 
     # What shutdown may take in all: the grace for requests, the last usage write, closing the
     # rest. Past it, something is stuck beyond every bound set on it; the process exits anyway.
@@ -323,10 +365,15 @@ def serve(
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace),
             http=protocol_class(application.gateway.connections),
+            ssl_context_factory=None if tls is None else lambda config, default: tls,
         )
     )
+    scheme = "http" if tls is None else "https"
+    mutual = " (client certificates required)" if tls is not None and (
+        tls.verify_mode == ssl.CERT_REQUIRED
+    ) else ""  # fmt: skip
     say(
-        f"secureig {__version__}: listening on http://{settings.host}:{settings.port}"
+        f"secureig {__version__}: listening on {scheme}://{settings.host}:{settings.port}{mutual}"
         f" in front of {_fleet_words(settings)}; the admin console is at /ui"
     )
     server.run()
@@ -919,6 +966,25 @@ def check(
         f" in front of {_fleet_words(settings)}"
         + (f", file {settings.config}" if settings.config else "")
     )
+    if settings.ssl_certfile is None:
+        typer.echo("tls       ok    off: plain HTTP (--ssl-certfile to serve HTTPS)")
+    else:
+        from secureig.tls import TLSConfigError, server_context
+
+        try:
+            server_context(
+                settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
+                settings.ssl_client_certs,
+            )  # fmt: skip
+            mutual = (
+                f", client certificates {settings.ssl_client_certs}"
+                if settings.ssl_ca_certs
+                else ""
+            )
+            typer.echo(f"tls       ok    HTTPS, TLS 1.2+, {settings.ssl_certfile}{mutual}")
+        except TLSConfigError as exc:
+            failures += 1
+            typer.echo(f"tls       FAIL  {exc}")
 
     async def store_facts(store: KeyStore) -> tuple[int, list[KeyRecord], bool]:
         state = await store.state()

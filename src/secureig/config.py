@@ -58,6 +58,14 @@ class BackendConfig(BaseModel):
     max_concurrency: int | None = Field(default=None, gt=0, le=100_000)
     api_key: SecretStr | None = Field(default=None, description="Sent as Authorization: Bearer.")
     weight: float = Field(default=1.0, gt=0, le=1000)
+    ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates an https:// backend's certificate is"
+        " checked against, instead of the system's.",
+    )  # fmt: skip
+    tls_verify: bool = Field(
+        default=True, description="false: an https:// backend's certificate is not checked"
+        " (logged as a warning at start).",
+    )  # fmt: skip
 
     @field_validator("name")
     @classmethod
@@ -101,6 +109,8 @@ class BackendConfig(BaseModel):
             max_concurrency=self.max_concurrency,
             api_key=self.api_key.get_secret_value() if self.api_key else None,
             weight=self.weight,
+            ca_file=self.ca_file,
+            tls_verify=self.tls_verify,
         )
 
 
@@ -122,6 +132,20 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8085, ge=0, le=65535, description="Port to listen on.")
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS, TLS 1.2 and later only."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of ssl_certfile, unless that file holds it."
+    )
+    ssl_ca_certs: Path | None = Field(
+        default=None, description="PEM CA certificates: ask clients for a certificate one of"
+        " them signed (mutual TLS).",
+    )  # fmt: skip
+    ssl_client_certs: Literal["required", "optional"] = Field(
+        default="required", description="With ssl_ca_certs: refuse clients without a"
+        " certificate (required), or let them in (optional).",
+    )  # fmt: skip
     ollama_url: str | None = Field(
         default=None,
         description="Base URL of the Ollama backend, or several, comma-separated (default"
@@ -404,6 +428,14 @@ class Settings(BaseSettings):
                     )
             return hosts
         return value
+
+    @model_validator(mode="after")
+    def _tls_needs_a_certificate(self) -> Self:
+        if self.ssl_certfile is None:
+            for name in ("ssl_keyfile", "ssl_ca_certs"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is set but ssl_certfile is not: TLS needs both")
+        return self
 
     @model_validator(mode="after")
     def _keep_alive_range(self) -> Self:

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from secureig.names import InvalidModelName, exact_key, model_key
 from secureig.untrusted import printable
@@ -34,6 +35,8 @@ class BackendSpec:
     max_concurrency: int | None = None
     api_key: str | None = field(default=None, repr=False)
     weight: float = 1.0
+    ca_file: Path | None = None  # an HTTPS backend's own CA, instead of the system's
+    tls_verify: bool = True
 
 
 class Backend:

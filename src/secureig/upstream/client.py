@@ -3,6 +3,7 @@ limits, the backend's own credential, and the catalogue entries a health check g
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,8 +48,10 @@ class PooledClient:
         max_line_bytes: int = 16 * 1024 * 1024,
         max_answer_bytes: int = 64 * 1024 * 1024,
         api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
         self.address = safe_url(self.base_url)  # what logs and answers may show
         # A backend mounted below a path (behind a proxy, or an engine's /v1) keeps its prefix.
         self._prefix = urlsplit(self.base_url).path
@@ -69,6 +72,7 @@ class PooledClient:
                 max_connections=self._max_connections,
                 keepalive_seconds=30.0,
                 headers=self._headers,
+                ssl_context=self._ssl,
             )
 
     async def close(self) -> None:

@@ -501,6 +501,10 @@ class ConnectionPool:
                 await loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl)
         except TimeoutError:
             raise ConnectTimeout("could not connect in time") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectError(
+                f"TLS failed: the backend's certificate is not trusted ({exc.verify_message})"
+            ) from None
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS failed: {exc.reason or 'handshake error'}") from None
         except OSError as exc:

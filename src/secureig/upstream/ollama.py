@@ -6,6 +6,7 @@ upstream as its URL does, which Ollama's DNS-rebinding guard requires.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -168,11 +169,12 @@ class OllamaClient(PooledClient):
         max_line_bytes: int = 16 * 1024 * 1024,
         max_answer_bytes: int = 64 * 1024 * 1024,
         api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # api_key: the backend's own credential (a proxy in front of it).
         super().__init__(
             base_url, timeouts, _HEADERS, max_connections, max_line_bytes, max_answer_bytes,
-            api_key,
+            api_key, ssl_context,
         )  # fmt: skip
 
     def request(

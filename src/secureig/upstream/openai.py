@@ -9,6 +9,7 @@ Management has no meaning here: the forwarder refuses it before anything is sent
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterable
 from datetime import UTC, datetime
@@ -249,11 +250,12 @@ class OpenAIClient(PooledClient):
         max_line_bytes: int = 16 * 1024 * 1024,
         max_answer_bytes: int = 64 * 1024 * 1024,
         api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # api_key: the engine's own credential (vLLM's or llama.cpp's --api-key).
         super().__init__(
             base_url, timeouts, _HEADERS, max_connections, max_line_bytes, max_answer_bytes,
-            api_key,
+            api_key, ssl_context,
         )  # fmt: skip
         self._models: list[TagEntry] = []
 
