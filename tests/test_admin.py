@@ -18,7 +18,7 @@ from tests.standin import OllamaStandIn, echo_reply
 SECRET = re.compile(r"sig_[A-Za-z0-9_-]{43}")
 KEY_FIELDS = {
     "name", "prefix", "scopes", "models", "status", "created_at", "expires_at", "revoked_at",
-    "last_used_at", "limits",
+    "last_used_at", "limits", "allow_from",
 }  # fmt: skip
 LIMITS = ("max_num_ctx", "max_num_predict", "rpm", "tpm", "concurrency", "daily_tokens")
 NO_LIMITS = dict.fromkeys(LIMITS)

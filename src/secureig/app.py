@@ -25,6 +25,7 @@ from secureig.accesslog import AccessLog
 from secureig.accounting import Accounting
 from secureig.config import Settings
 from secureig.metrics import Metrics
+from secureig.networks import Networks
 from secureig.policy import (
     BOOTSTRAP_KEY,
     AuthThrottle,
@@ -53,6 +54,7 @@ from secureig.surfaces._forward import Forwarder
 from secureig.surfaces.admin import AdminGate, admin_router
 from secureig.surfaces.anthropic import AnthropicSurface
 from secureig.surfaces.console import ConsoleSurface
+from secureig.surfaces.forwarded import ClientAddress
 from secureig.surfaces.ollama import OllamaSurface
 from secureig.surfaces.openai import OpenAISurface
 from secureig.surfaces.ops import MetricsEndpoint, ops_router
@@ -120,6 +122,13 @@ def build_fleet(settings: Settings) -> Fleet:
     return Fleet(backends, settings.health_interval)
 
 
+def _admitted(settings: Settings) -> Networks | None:
+    """Who may open a connection: the allowed networks and the proxies in front of them."""
+    if not settings.allowed_networks:
+        return None
+    return Networks.of([*settings.allowed_networks, *(settings.trusted_proxies or ())])
+
+
 def build_limiter(settings: Settings) -> Limiter:
     if settings.redis_url is None:
         return LocalLimiter()
@@ -183,6 +192,7 @@ class Gateway:
                 body_min_rate=settings.body_min_rate,
                 max_connections=settings.max_connections,
                 max_per_client=settings.connections_per_client,
+                admitted=_admitted(settings),
             )
         )
         self.metrics.watch_connections(lambda: self.connections.open, self.connections.refused)
@@ -371,8 +381,10 @@ class GatewayApp:
         prefixes: dict[str, ASGIApp],
         fallback: FastAPI,
         allowed_hosts: tuple[str, ...] = ("*",),
+        clients: ClientAddress | None = None,
     ) -> None:
         self.gateway = gateway
+        self._clients = clients
         self.openapi = fallback.openapi  # the whole API's schema, hot routes included
         self._routes = routes
         self._prefixes = tuple(prefixes.items())
@@ -426,8 +438,10 @@ class GatewayApp:
 
         self.gateway.metrics.started()
         try:
-            hosts = self._hosts
-            if hosts is not None and not hosts.allows(scope):
+            hosts, clients = self._hosts, self._clients
+            if clients is not None and not clients.admits(scope):
+                await clients.refuse(scope, send_with_id)
+            elif hosts is not None and not hosts.allows(scope):
                 await hosts.refuse(scope, send_with_id)
             else:
                 await self._route(scope["path"])(scope, receive, send_with_id)
@@ -496,7 +510,19 @@ def create_app(settings: Settings) -> GatewayApp:
         },
         fallback=api,
         allowed_hosts=settings.trusted_hosts,
+        clients=_client_address(settings),
     )  # fmt: skip
+
+
+def _client_address(settings: Settings) -> ClientAddress | None:
+    """Nothing to pay for per request unless proxies are trusted or networks restricted."""
+    if not settings.trusted_proxies and not settings.allowed_networks:
+        return None
+    return ClientAddress(
+        Networks.of(settings.trusted_proxies or ()),
+        Networks.of(settings.allowed_networks or ()),
+        exempt_paths=("/healthz", "/readyz"),
+    )
 
 
 def app_factory() -> GatewayApp:

@@ -111,6 +111,16 @@ ModelsOption = Annotated[
         " repeat for several [default: every model].",
     ),
 ]
+AllowFromOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-from",
+        metavar="CIDR",
+        help="A client network the key may be used from (10.0.0.0/8, fd00::/8, one address);"
+        " repeat for several; from elsewhere it is refused as an invalid key"
+        " [default: anywhere; on update, 'any' lifts it].",
+    ),
+]
 ExpiresOption = Annotated[
     str | None,
     typer.Option(
@@ -431,9 +441,10 @@ def _when(value: datetime | None) -> str:
 def _describe_key(record: KeyRecord) -> str:
     scopes = ",".join(sorted(s.value for s in record.scopes))
     expires = _when(record.expires_at) if record.expires_at else "never"
+    where = f"; from: {', '.join(record.networks)}" if record.networks else ""
     return (
         f"scopes: {scopes}; models: {', '.join(record.models)}; expires: {expires};"
-        f" {record.limits.describe()}"
+        f" {record.limits.describe()}{where}"
     )
 
 
@@ -451,6 +462,7 @@ def keys_create(
     tpm: TpmOption = None,
     concurrency: ConcurrencyOption = None,
     daily_tokens: DailyTokensOption = None,
+    allow_from: AllowFromOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
@@ -469,7 +481,7 @@ def keys_create(
     )
 
     async def create(store: KeyStore) -> tuple[KeyRecord, str]:
-        return await store.create(name, scopes, models or [], expires_at, limits)
+        return await store.create(name, scopes, models or [], expires_at, limits, allow_from or [])
 
     record, secret = with_store(settings, create)
     say(
@@ -601,12 +613,14 @@ def keys_update(
     tpm: TpmOption = None,
     concurrency: ConcurrencyOption = None,
     daily_tokens: DailyTokensOption = None,
+    allow_from: AllowFromOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Change what a key may do; its secret stays. Options not given are left as they are."""
     settings = settings_from(config=config, database_url=database_url)
     scopes = _scopes(scope) if scope else None
+    networks = None if allow_from is None else [n for n in allow_from if n.lower() != "any"]
     expires_at = _expiry(expires_in) if expires_in else UNCHANGED
 
     async def update(store: KeyStore) -> KeyRecord:
@@ -623,8 +637,9 @@ def keys_update(
             daily_tokens=daily_tokens,
         )
         return await store.update(
-            name, scopes=scopes, models=models or None, expires_at=expires_at, limits=limits
-        )
+            name, scopes=scopes, models=models or None, expires_at=expires_at, limits=limits,
+            networks=networks,
+        )  # fmt: skip
 
     record = with_store(settings, update)
     say(
@@ -652,7 +667,7 @@ def keys_list(
     rows = [
         (
             "NAME", "KEY", "SCOPES", "MODELS", "CREATED", "EXPIRES", "LAST USED", "STATUS",
-            "CLAMPS AND LIMITS",
+            "CLAMPS AND LIMITS", "FROM",
         )
     ]  # fmt: skip
     for r in records:
@@ -667,6 +682,7 @@ def keys_list(
                 _when(r.last_used_at),
                 r.status,
                 r.limits.describe(),
+                ",".join(r.networks) or "anywhere",
             )
         )
     _print_table(rows)

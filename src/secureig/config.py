@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from secureig.networks import parse_networks
 from secureig.routing.backend import BackendSpec
 from secureig.urls import safe_url
 
@@ -218,6 +219,17 @@ class Settings(BaseSettings):
         default=None,
         description="Host header values the gateway answers (comma-separated; '*.example.com'"
         " and '*' allowed). Default: localhost, 127.0.0.1 and [::1] on loopback, any otherwise.",
+    )
+    allowed_networks: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Client networks (CIDR, comma-separated) that may connect; others are"
+        " refused at the connection and, behind a trusted proxy, by the forwarded address."
+        " Unset: any.",
+    )
+    trusted_proxies: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Proxies (CIDR, comma-separated) whose Forwarded / X-Forwarded-For headers"
+        " name the client; from any other address they are ignored.",
     )
     max_header_bytes: int = Field(
         default=64 * KIB,
@@ -427,6 +439,16 @@ class Settings(BaseSettings):
                         f"{host!r} is not a host name, an address or a '*.domain' pattern"
                     )
             return hosts
+        return value
+
+    @field_validator("allowed_networks", "trusted_proxies", mode="before")
+    @classmethod
+    def _network_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            texts = [str(v).strip() for v in value if str(v).strip()]
+            return [str(n) for n in parse_networks(texts)]
         return value
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from secureig.networks import Networks
 from secureig.surfaces._asgi import Receive, Scope, Send
 
 log = logging.getLogger("secureig.http")
@@ -36,10 +37,12 @@ log = logging.getLogger("secureig.http")
 _TOO_LARGE = 431
 _TIMEOUT = 408
 _UNAVAILABLE = 503
+_FORBIDDEN = 403
 _REASONS = {
     _TOO_LARGE: b"Request Header Fields Too Large",
     _TIMEOUT: b"Request Timeout",
     _UNAVAILABLE: b"Service Unavailable",
+    _FORBIDDEN: b"Forbidden",
 }
 # /readyz says "exhausted" for this long after a connection was refused for the total cap.
 _EXHAUSTED_FOR = 5.0
@@ -53,6 +56,8 @@ class ServeLimits:
     body_min_rate: int  # bytes a second, over each body_timeout window
     max_connections: int
     max_per_client: int
+    # Peers a connection may come from (allowed networks and trusted proxies); None: any.
+    admitted: Networks | None = None
 
 
 class OpenConnections:
@@ -69,6 +74,8 @@ class OpenConnections:
     def admit(self, client: str) -> str | None:
         """Count a new connection in, or say why it is refused."""
         limits = self.limits
+        if limits.admitted is not None and client not in limits.admitted:
+            return "network"
         if self.open >= limits.max_connections:
             self._full_at = time.monotonic()
             return "connections"
@@ -304,6 +311,16 @@ class _LimitedProtocol(HttpToolsProtocol):
     def _refuse_connection(self, reason: str) -> None:
         self._refused = True
         self.open_connections.count_refusal(reason)
+        if reason == "network":
+            _log.warning(
+                "network",
+                "refused a connection from %s: not in SECUREIG_ALLOWED_NETWORKS",
+                self._client(),
+            )
+            message = "this address may not connect to the gateway"
+            self.transport.write(_response(_FORBIDDEN, message))
+            self.transport.close()
+            return
         if reason == "connections":
             cap = self.limits.max_connections
             message = f"the gateway holds its most connections ({cap}); try again shortly"

@@ -26,6 +26,8 @@ function svg(tag, attrs, text) {
   return node;
 }
 
+// "a, b ,c" -> ["a", "b", "c"]: the form's comma-separated lists.
+const list = (text) => text.split(",").map((item) => item.trim()).filter(Boolean);
 const ms = (value) => (value === null || value === undefined ? "–"
   : `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`);
 const rate = (value) => (value < 10 ? value.toFixed(1) : String(Math.round(value)));
@@ -113,7 +115,7 @@ async function loadKeys() {
     const row = el("tr", { "data-testid": "key-row" },
       el("td", {}, key.name), el("td", {}, key.prefix + "…"), el("td", {}, key.scopes.join(" ")),
       el("td", {}, key.models.join(", ") || "every model"), el("td", {}, limitsText(key.limits)),
-      el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
+      el("td", {}, key.allow_from.join(", ") || "anywhere"), el("td", {}, key.status), el("td", {}, key.expires_at || "never"),
       el("td", {}, key.last_used_at || "never"), actions);
     if (key.status !== "active") {
       row.classList.add("inactive");  // revoked or expired: nothing left to change
@@ -139,6 +141,7 @@ function editKey(key) {
     box.checked = key.scopes.includes(box.value);
   }
   $("edit-key-models").value = key.models.join(", ");
+  $("edit-key-allow-from").value = key.allow_from.join(", ");
   $("edit-key-expires").value = "";
   for (const name of LIMITS) {
     const value = key.limits[name];
@@ -156,8 +159,10 @@ async function saveKey(event, key) {
   const scopes = [...document.querySelectorAll("input[name=edit-scope]:checked")]
     .map((box) => box.value);
   if (scopes.join(" ") !== key.scopes.join(" ")) body.scopes = scopes;
-  const models = $("edit-key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
+  const models = list($("edit-key-models").value);
   if (models.join(",") !== key.models.join(",")) body.models = models;
+  const networks = list($("edit-key-allow-from").value);
+  if (networks.join(",") !== key.allow_from.join(",")) body.allow_from = networks;
   const expires = $("edit-key-expires").value.trim();
   if (expires) body.expires_in = expires;
   for (const name of LIMITS) {
@@ -192,7 +197,8 @@ async function createKey(event) {
   const body = {
     name: $("create-key-name").value.trim(),
     scopes: [...document.querySelectorAll("input[name=scope]:checked")].map((box) => box.value),
-    models: $("create-key-models").value.split(",").map((m) => m.trim()).filter(Boolean),
+    models: list($("create-key-models").value),
+    allow_from: list($("create-key-allow-from").value),
   };
   const expires = $("create-key-expires").value.trim();
   if (expires) body.expires_in = expires;

@@ -8,6 +8,8 @@ refused before anyone looks whether it exists, so a key cannot probe what the up
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,8 @@ from secureig.policy.tokens import estimate_prompt_tokens
 from secureig.routing import Fleet
 from secureig.untrusted import shown
 from secureig.upstream import TagEntry
+
+log = logging.getLogger("secureig")
 
 
 @dataclass(slots=True)
@@ -124,6 +128,7 @@ class Gatekeeper:
         self.limiter = limiter
         self._clamps = clamps
         self._throttle = throttle
+        self._outside_logged: dict[str, float] = {}
 
     def authenticate(self, secret: str | None, address: str, ledger: Ledger) -> Principal:
         """The key's principal. An address that keeps failing is refused before anything else,
@@ -132,8 +137,27 @@ class Gatekeeper:
             principal = self.keyring.authenticate(secret)
         except AuthError as exc:
             raise self.failed_authentication(address, _AUTH_MESSAGES[exc.reason]) from None
+        networks = principal.networks
+        if networks is not None and address not in networks:
+            # Said as a wrong key is: whoever holds a copy learns nothing from trying it here.
+            self._outside(principal.name, address)
+            raise self.failed_authentication(address, _AUTH_MESSAGES["unknown"])
         ledger.principal = principal
         return principal
+
+    def _outside(self, name: str, address: str) -> None:
+        # The operator's clue to a refused key, at most a line a minute per key.
+        now = time.monotonic()
+        if now - self._outside_logged.get(name, -60.0) >= 60.0:
+            if len(self._outside_logged) >= 1024:
+                self._outside_logged.clear()
+            self._outside_logged[name] = now
+            log.warning(
+                "key %r used from %s, outside the networks it may be used from: refused as an"
+                " invalid key",
+                name,
+                address,
+            )
 
     def check_throttle(self, address: str) -> None:
         """Refuse an address that has failed too often, before any work on its credential (a

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from secureig.credentials import Scope, key_digest
 from secureig.keylimits import Kind
 from secureig.names import unusable_patterns
+from secureig.networks import Networks
 from secureig.policy.limits import Limits
 from secureig.policy.principal import BOOTSTRAP, Principal
 from secureig.store import KeyRecord, KeyStore
@@ -62,6 +63,7 @@ def _principal(record: KeyRecord) -> Principal:
         max_num_ctx=record.limits.max_num_ctx,
         max_num_predict=record.limits.max_num_predict,
         limits=Limits(**record.limits.of_kind(Kind.LIMIT)),
+        networks=Networks.of(record.networks) if record.networks else None,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from secureig.credentials import Scope
 from secureig.names import ModelName, pattern_allows
+from secureig.networks import Networks
 from secureig.policy.limits import NO_LIMITS, Limits
 
 
@@ -19,6 +20,7 @@ class Principal:
     max_num_ctx: int | None = None
     max_num_predict: int | None = None
     limits: Limits = NO_LIMITS
+    networks: Networks | None = None  # where the key may be used from; None: anywhere
 
     @property
     def subject(self) -> str:

@@ -75,6 +75,8 @@ class ConsoleSessions:
         if principal is None or not principal.is_admin:
             await self._store.end(record.token_digest)
             raise Unauthenticated(ENDED)
+        if principal.networks is not None and address not in principal.networks:
+            raise self._gate.failed_authentication(address, ENDED)
         if now - record.last_seen_at > _TOUCH_EVERY:
             await self._store.touch(record.token_digest, now)
         ledger.principal = principal

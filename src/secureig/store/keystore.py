@@ -21,6 +21,7 @@ from secureig.credentials import Scope, generate_key, key_digest, parse_scopes, 
 from secureig.keylimits import NAMES as LIMIT_NAMES
 from secureig.keylimits import KeyLimits
 from secureig.names import normalize_pattern
+from secureig.networks import parse_networks
 from secureig.store.tables import ApiKey, KeyringState
 from secureig.untrusted import shown
 
@@ -57,6 +58,7 @@ class KeyRecord:
     rotated_at: datetime | None
     last_used_at: datetime | None
     limits: KeyLimits = field(default_factory=KeyLimits)
+    networks: tuple[str, ...] = ()  # CIDR; empty: usable from anywhere
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -84,6 +86,7 @@ def _record(row: ApiKey) -> KeyRecord:
         rotated_at=row.rotated_at,
         last_used_at=row.last_used_at,
         limits=KeyLimits(**{name: getattr(row, name) for name in LIMIT_NAMES}),
+        networks=tuple(json.loads(row.networks)) if row.networks else (),
     )
 
 
@@ -109,6 +112,16 @@ class NewKey:
     models: tuple[str, ...] = ()
     expires_at: datetime | None = None
     limits: KeyLimits = field(default_factory=KeyLimits)
+    networks: tuple[str, ...] = ()
+
+
+def _networks_text(networks: Iterable[str]) -> str | None:
+    """Parsed and written canonically (`10.1.2.3/8` is `10.0.0.0/8`); None for anywhere."""
+    try:
+        parsed = parse_networks(networks)
+    except ValueError as exc:
+        raise KeyStoreError(str(exc)) from None
+    return json.dumps([str(n) for n in parsed]) if parsed else None
 
 
 def _scope_text(scopes: Iterable[Scope]) -> str:
@@ -164,10 +177,12 @@ class KeyStore:
         models: Iterable[str],
         expires_at: datetime | None = None,
         limits: KeyLimits | None = None,
+        networks: Iterable[str] = (),
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it with its secret, which is not kept anywhere."""
         validate_name(name)
         patterns = _patterns(models)
+        allowed = _networks_text(networks)
         limits = limits or KeyLimits()
         secret = generate_key()
         row = ApiKey(
@@ -176,6 +191,7 @@ class KeyStore:
             digest=key_digest(secret),
             scopes=_scope_text(scopes),
             models=json.dumps(patterns),
+            networks=allowed,
             created_at=datetime.now(UTC),
             expires_at=expires_at,
             **{name: value for name, value in limits.pairs()},
@@ -208,6 +224,7 @@ class KeyStore:
                     digest=key_digest(secret),
                     scopes=_scope_text(key.scopes),
                     models=json.dumps(_patterns(key.models)),
+                    networks=_networks_text(key.networks),
                     created_at=now,
                     expires_at=key.expires_at,
                     **{name: value for name, value in key.limits.pairs()},
@@ -257,8 +274,11 @@ class KeyStore:
         models: Iterable[str] | None = None,
         expires_at: datetime | Unchanged | None = UNCHANGED,
         limits: KeyLimits | None = None,
+        networks: Iterable[str] | None = None,
     ) -> KeyRecord:
-        """Change what a live key may do; the secret stays. None (or UNCHANGED) leaves a field."""
+        """Change what a live key may do; the secret stays. None (or UNCHANGED) leaves a field;
+        empty `networks` lets the key be used from anywhere again."""
+        allowed = _networks_text(networks) if networks is not None else None
         async with self._sessions.begin() as session:
             row = await self._live(session, name)
             if scopes is not None:
@@ -267,6 +287,8 @@ class KeyStore:
                 )
             if models is not None:
                 row.models = json.dumps(_patterns(models))
+            if networks is not None:
+                row.networks = allowed
             if not isinstance(expires_at, Unchanged):
                 row.expires_at = expires_at
             if limits is not None:

@@ -48,6 +48,8 @@ class ApiKey(Base):
     # Space-separated scope names and a JSON list of model patterns: read whole, never queried.
     scopes: Mapped[str] = mapped_column(String(64), nullable=False)
     models: Mapped[str] = mapped_column(Text, nullable=False)
+    # A JSON list of the CIDR networks the key may be used from; NULL: anywhere.
+    networks: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

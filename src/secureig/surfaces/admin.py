@@ -20,6 +20,7 @@ from secureig.keylimits import SPECS as LIMIT_SPECS
 from secureig.keylimits import KeyLimits, LimitError
 from secureig.metrics import Metrics
 from secureig.names import MAX_NAME_LENGTH, InvalidModelName
+from secureig.networks import MAX_NETWORKS
 from secureig.policy import ConsoleSessions, Gatekeeper, Operation, Principal
 from secureig.routing import Router
 from secureig.store import UNCHANGED, KeyRecord, KeyStore, KeyStoreError
@@ -65,6 +66,7 @@ LimitsIn = create_model(  # type: ignore[call-overload]
 
 
 Pattern = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+Cidr = Annotated[str, Field(max_length=64)]
 Scopes = list[Literal["inference", "manage", "admin"]]
 
 
@@ -77,6 +79,11 @@ class KeyCreate(LimitsIn):  # type: ignore[misc, valid-type]
         description="Names or globs; empty: every model of the default registry.",
     )
     expires_in: str | None = Field(default=None, max_length=32, description="90s, 45m, 12h, 30d")
+    allow_from: list[Cidr] = Field(
+        default_factory=list,
+        max_length=MAX_NETWORKS,
+        description="Client networks (CIDR) the key may be used from; empty: anywhere.",
+    )
 
 
 class KeyUpdate(LimitsIn):  # type: ignore[misc, valid-type]
@@ -84,6 +91,9 @@ class KeyUpdate(LimitsIn):  # type: ignore[misc, valid-type]
     models: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
     expires_in: str | None = Field(
         default=None, max_length=32, description="90s, 45m, 12h, 30d, or never"
+    )
+    allow_from: list[Cidr] | None = Field(
+        default=None, max_length=MAX_NETWORKS, description="Replaces the list; []: anywhere."
     )
 
 
@@ -98,6 +108,7 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     last_used_at: datetime | None
     limits: dict[str, int | None]
+    allow_from: list[str]
 
     @classmethod
     def of(cls, record: KeyRecord) -> "KeyOut":
@@ -112,6 +123,7 @@ class KeyOut(BaseModel):
             revoked_at=record.revoked_at,
             last_used_at=record.last_used_at,
             limits=dict(record.limits.pairs()),
+            allow_from=list(record.networks),
         )
 
 
@@ -250,8 +262,9 @@ def admin_router(
         try:
             limits = KeyLimits().changed(**body.model_dump(include=set(LimitsIn.model_fields)))
             record, secret = await keys.create(
-                body.name, parse_scopes(body.scopes), body.models, _expiry(body.expires_in), limits
-            )
+                body.name, parse_scopes(body.scopes), body.models, _expiry(body.expires_in), limits,
+                body.allow_from,
+            )  # fmt: skip
         except KeyExists as exc:
             raise AdminError(409, str(exc)) from None
         except (KeyStoreError, InvalidModelName, ValueError) as exc:
@@ -278,6 +291,7 @@ def admin_router(
                     _expiry(body.expires_in) if "expires_in" in body.model_fields_set else UNCHANGED
                 ),
                 limits=current.limits.changed(**changes),
+                networks=body.allow_from,
             )
         except KeyNotFound as exc:
             raise AdminError(404, str(exc)) from None
