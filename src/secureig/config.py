@@ -6,6 +6,7 @@ Precedence is CLI flag > environment > TOML file (`--config` or `SECUREIG_CONFIG
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -499,7 +500,41 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+        return (
+            init_settings, env_settings, _SecretFileSource(settings_cls),
+            _TomlFileSource(settings_cls),
+        )  # fmt: skip
+
+
+# Settings that may carry a secret, and so may be read from a file (a Docker or Kubernetes
+# secret): SECUREIG_ADMIN_KEY_FILE=/run/secrets/admin_key.
+SECRET_FILE_SETTINGS = ("admin_key", "database_url", "redis_url")
+_MAX_SECRET_FILE = 64 * KIB
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """`SECUREIG_<NAME>_FILE`: the setting's value is the file's text, its last newline off."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in SECRET_FILE_SETTINGS:
+            variable = f"SECUREIG_{name.upper()}_FILE"
+            where = os.environ.get(variable)
+            if not where:
+                continue
+            path = Path(where)
+            try:
+                with path.open("rb") as handle:
+                    raw = handle.read(_MAX_SECRET_FILE + 1)
+            except OSError as exc:
+                raise ConfigFileError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+            if len(raw) > _MAX_SECRET_FILE:
+                raise ConfigFileError(f"{variable}: {path} is larger than 64 KiB")
+            found[name] = raw.decode("utf-8", "replace").rstrip("\r\n")
+        return found
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):
