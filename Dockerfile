@@ -3,6 +3,7 @@
 # user, configured by SECUREIG_* variables, the SQLite store (if used) on a volume.
 #   docker build -t secureig .
 #   docker run -p 8085:8085 -e SECUREIG_OLLAMA_URL=http://ollama:11434 \
+#     -v "$PWD/admin_key:/run/secrets/admin_key:ro" \
 #     -e SECUREIG_ADMIN_KEY_FILE=/run/secrets/admin_key -v secureig:/var/lib/secureig secureig
 
 FROM python:3.12-slim AS build
