@@ -261,6 +261,19 @@ def test_a_key_is_edited_in_the_page_and_the_gateway_enforces_the_change(
     assert wait_until(lambda: status("llama2") == 403, timeout=2.5)
     assert status("mistral:7b") == 200
 
+    # Limited to a network these requests do not come from: refused as a wrong key is.
+    row.get_by_test_id("edit-key").click()
+    page.get_by_test_id("edit-key-allow-from").fill("10.0.0.0/8, fd00::/8")
+    page.get_by_test_id("edit-key-submit").click()
+    expect(row).to_contain_text("10.0.0.0/8, fd00::/8")
+    assert wait_until(lambda: status("mistral:7b") == 401, timeout=2.5)
+    row.get_by_test_id("edit-key").click()
+    expect(page.get_by_test_id("edit-key-allow-from")).to_have_value("10.0.0.0/8, fd00::/8")
+    page.get_by_test_id("edit-key-allow-from").fill("")
+    page.get_by_test_id("edit-key-submit").click()
+    expect(row).to_contain_text("anywhere")
+    assert wait_until(lambda: status("mistral:7b") == 200, timeout=2.5)
+
     # A bad value is refused with the API's reason, in the dialog, and changes nothing.
     row.get_by_test_id("edit-key").click()
     page.get_by_test_id("edit-limit-rpm").fill("99999999999")
