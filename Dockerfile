@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # The same steps tests/test_deploy.py runs in a fresh virtualenv.
 RUN python -m venv /opt/secureig \
-    && /opt/secureig/bin/pip install --no-cache-dir . \
+    && /opt/secureig/bin/pip install --no-cache-dir ".[otel]" \
     && /opt/secureig/bin/secureig --help > /dev/null
 
 FROM python:3.12-slim

@@ -153,7 +153,7 @@ def test_the_images_install_steps_give_a_gateway_that_serves(tmp_path: Path) -> 
     """
     text = (ROOT / "Dockerfile").read_text()
     assert "python -m venv /opt/secureig" in text
-    assert "/opt/secureig/bin/pip install --no-cache-dir ." in text
+    assert '/opt/secureig/bin/pip install --no-cache-dir ".[otel]"' in text
     venv = tmp_path / "venv"
     assert _run(sys.executable, "-m", "venv", str(venv)).returncode == 0
     source = tmp_path / "src"  # only what the Dockerfile copies
@@ -161,7 +161,7 @@ def test_the_images_install_steps_give_a_gateway_that_serves(tmp_path: Path) -> 
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
-    installed = _run(str(venv / "bin" / "pip"), "install", "--no-cache-dir", "-q", ".",
+    installed = _run(str(venv / "bin" / "pip"), "install", "--no-cache-dir", "-q", ".[otel]",
                      cwd=source, timeout=600)  # fmt: skip
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert _run(str(venv / "bin" / "secureig"), "--help").returncode == 0

@@ -63,6 +63,7 @@ from secureig.surfaces.schema import document
 from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
 from secureig.tls import client_context
+from secureig.tracing import Tracing, traces_endpoint
 from secureig.upstream import OllamaClient, OpenAIClient, Timeouts
 
 log = logging.getLogger("secureig")
@@ -172,7 +173,9 @@ class Gateway:
             observe_wait=self.metrics.queue_wait,
         )
         self.metrics.watch_backends(self.router)
-        self.forwarder = Forwarder(self.router, settings.max_answer_bytes)
+        endpoint = traces_endpoint(settings.otel_endpoint, dict(os.environ))
+        self.tracing = Tracing(endpoint) if endpoint is not None else None
+        self.forwarder = Forwarder(self.router, settings.max_answer_bytes, self.tracing)
         self.metrics.watch_streams(lambda: self.forwarder.streams)
         self.limiter = build_limiter(settings)
         self.gatekeeper = Gatekeeper(
@@ -291,6 +294,7 @@ class Gateway:
             ("health checks", self.fleet.stop()),
             ("backend connections", self.fleet.close()),
             ("store connections", self.engine.dispose()),
+            ("traces", self._flush_traces()),
         ):
             try:
                 await asyncio.wait_for(step, _STOP_STEP_SECONDS)
@@ -299,6 +303,11 @@ class Gateway:
             except Exception as exc:
                 log.warning("shutdown: closing %s failed: %s", name, exc)
         self.access_log.flush()
+
+    async def _flush_traces(self) -> None:
+        if self.tracing is not None:
+            # The SDK's flush blocks: in a thread, bounded like every other step.
+            await asyncio.to_thread(self.tracing.shutdown, _STOP_STEP_SECONDS - 0.5)
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         store = "ok"
@@ -437,6 +446,9 @@ class GatewayApp:
             await send(message)
 
         self.gateway.metrics.started()
+        tracing = self.gateway.tracing
+        if tracing is not None:
+            exchange.span = tracing.request(scope["method"], scope["headers"])
         try:
             hosts, clients = self._hosts, self._clients
             if clients is not None and not clients.admits(scope):
@@ -452,6 +464,8 @@ class GatewayApp:
             raise
         finally:
             await self.gateway.accounting.finish(exchange)
+            if exchange.span is not None and tracing is not None:
+                tracing.finish(exchange.span, exchange, scope["method"])
             access = self.gateway.access_log
             if access.enabled:
                 access.request(scope["method"], scope["path"], exchange)

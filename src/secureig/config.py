@@ -375,6 +375,11 @@ class Settings(BaseSettings):
         description="Seconds the last usage write may take at shutdown, after the grace; what"
         " is not written by then is spooled.",
     )
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector for traces (http://collector:4318); unset: the"
+        " standard OTEL_EXPORTER_OTLP_ENDPOINT, and without either, no tracing.",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @field_validator("ollama_url")

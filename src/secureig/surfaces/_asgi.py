@@ -56,6 +56,7 @@ class Exchange:
     first_byte: float | None = None  # perf_counter when the first body byte left
     backend: str | None = None  # the backend's name, once the router picked one
     queue_seconds: float = 0.0  # how long it waited for a free place on a backend
+    span: Any = None  # its trace span, when tracing is on (secureig.tracing)
 
     @property
     def key_name(self) -> str | None:

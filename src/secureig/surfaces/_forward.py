@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secureig.credentials import Scope as KeyScope
 from secureig.errors import (
@@ -43,6 +43,9 @@ from secureig.surfaces._asgi import (
 )
 from secureig.untrusted import shown
 from secureig.upstream import Answer, Pending
+
+if TYPE_CHECKING:
+    from secureig.tracing import Tracing
 
 # Statuses after which another backend is asked: the backend's own trouble, not the request's.
 _RETRY_STATUSES = frozenset({502, 503})
@@ -76,8 +79,11 @@ class Call:
 
 
 class Forwarder:
-    def __init__(self, router: Router, max_answer_bytes: int) -> None:
+    def __init__(
+        self, router: Router, max_answer_bytes: int, tracing: Tracing | None = None
+    ) -> None:
         self.router = router
+        self.tracing = tracing
         self.fleet: Fleet = router.fleet
         self.max_answer_bytes = max_answer_bytes
         self._names = ", ".join(b.name for b in self.fleet.backends)
@@ -234,7 +240,9 @@ class Forwarder:
 class _Open:
     """The context manager `Forwarder.open` returns (a plain class: every request enters one)."""
 
-    __slots__ = ("_call", "_ex", "_exchange", "_forwarder", "_slot", "_streaming", "_watch")
+    __slots__ = (
+        "_call", "_ex", "_exchange", "_forwarder", "_slot", "_span", "_streaming", "_watch",
+    )  # fmt: skip
     _watch: CancelOnDisconnect | None
 
     def __init__(self, forwarder: Forwarder, receive: Receive, ex: Exchange, call: Call) -> None:
@@ -248,6 +256,7 @@ class _Open:
         self._slot: Slot | None = None
         self._exchange: Pending | None = None
         self._streaming = False
+        self._span: Any = None  # the upstream call's, when tracing is on
 
     async def __aenter__(self) -> Answer:
         watch = self._watch
@@ -288,7 +297,14 @@ class _Open:
             self._slot = slot
             backend = slot.backend
             ex.backend = backend.name
-            exchange = backend.client.request(call.method, call.path, call.body, whole=call.whole)
+            extra = b""
+            tracing = forwarder.tracing
+            if tracing is not None and ex.span is not None:
+                self._end_span()  # a failover's earlier try
+                self._span, extra = tracing.upstream(ex.span, backend.name, call.method, call.path)
+            exchange = backend.client.request(
+                call.method, call.path, call.body, whole=call.whole, extra=extra
+            )
             try:
                 raw = await exchange.__aenter__()
             except UpstreamError as exc:
@@ -319,6 +335,11 @@ class _Open:
                 continue
             raise error
 
+    def _end_span(self) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.end()
+
     def _let_go(self) -> None:
         """Hand back the connection and the slot (each once)."""
         exchange, self._exchange = self._exchange, None
@@ -327,6 +348,8 @@ class _Open:
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.release()
+        if self._span is not None:
+            self._end_span()
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
         call, slot = self._call, self._slot

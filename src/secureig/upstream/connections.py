@@ -385,17 +385,20 @@ class ConnectionPool:
         body: bytes | AsyncIterable[bytes] | None = None,
         *,
         total: float | None = None,
+        extra: bytes = b"",
     ) -> Response:
         """Send a request and return once the answer's head has arrived, whatever its status.
 
         An exception raised by a streamed `body` propagates unchanged, and the connection is
-        closed. `total`, if given, replaces the pool's total timeout for this exchange.
+        closed. `total`, if given, replaces the pool's total timeout for this exchange. `extra`
+        is header lines of this request alone, encoded (`traceparent: ...\\r\\n`), from the
+        gateway itself, never from a client.
         """
         if not _PATH.fullmatch(path):
             raise ValueError(f"not a request path: {path!r}")
         started = time.monotonic()
         deadline = started + (self.timeouts.total if total is None else total)
-        head = method.encode() + b" " + path.encode() + self._common
+        head = method.encode() + b" " + path.encode() + self._common + extra
         if body is None and method not in _BODYLESS:
             body = b""
         idempotent = method in _IDEMPOTENT and not isinstance(body, AsyncIterable)

@@ -125,7 +125,7 @@ class Exchange:
     """What `OllamaClient.request` returns: a plain class, not a generator-based context manager,
     because every proxied request enters one."""
 
-    __slots__ = ("_body", "_limits", "_method", "_path", "_pool", "_response")
+    __slots__ = ("_body", "_extra", "_limits", "_method", "_path", "_pool", "_response")
 
     def __init__(
         self,
@@ -134,14 +134,18 @@ class Exchange:
         path: str,
         body: bytes | AsyncIterable[bytes] | None,
         limits: tuple[int, int],
+        extra: bytes = b"",
     ) -> None:
         self._pool, self._method, self._path, self._body = pool, method, path, body
         self._limits = limits  # the longest line, the largest answer held whole
+        self._extra = extra
         self._response: Response | None = None
 
     async def __aenter__(self) -> RawResponse:
         try:
-            self._response = await self._pool.send(self._method, self._path, self._body)
+            self._response = await self._pool.send(
+                self._method, self._path, self._body, extra=self._extra
+            )
         except HTTPError as exc:
             raise unanswered(exc, "answer") from None
         return RawResponse(self._response, *self._limits)
@@ -183,14 +187,15 @@ class OllamaClient(PooledClient):
         path: str,
         body: bytes | AsyncIterable[bytes] | None = None,
         whole: bool = False,
+        extra: bytes = b"",
     ) -> Exchange:
         """`async with client.request(...) as raw:` sends a request and gives the open answer,
         whatever its status; leaving the block hands the connection back (or closes it). An
         answer that is `whole` (one JSON object, `stream: false`) may have one line as long as
-        an answer held whole."""
+        an answer held whole. `extra`: header lines of the gateway's own (a traceparent)."""
         line = self.max_answer_bytes if whole else self.max_line_bytes
         return Exchange(
-            self._http, method, self._prefix + path, body, (line, self.max_answer_bytes)
+            self._http, method, self._prefix + path, body, (line, self.max_answer_bytes), extra
         )
 
     async def version(self) -> str:

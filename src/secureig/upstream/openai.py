@@ -184,7 +184,7 @@ class EngineExchange:
     """What `OpenAIClient.request` returns: translates on entry, hands the connection back on
     release."""
 
-    __slots__ = ("_body", "_client", "_method", "_path", "_response")
+    __slots__ = ("_body", "_client", "_extra", "_method", "_path", "_response")
 
     def __init__(
         self,
@@ -192,8 +192,10 @@ class EngineExchange:
         method: str,
         path: str,
         body: bytes | AsyncIterable[bytes] | None,
+        extra: bytes = b"",
     ) -> None:
         self._client, self._method, self._path, self._body = client, method, path, body
+        self._extra = extra
         self._response: Response | None = None
 
     async def __aenter__(self) -> FixedAnswer | EngineAnswer:
@@ -219,7 +221,7 @@ class EngineExchange:
         started = time.perf_counter()
         try:
             self._response = await client._http.send(
-                "POST", client._prefix + plan.path, orjson.dumps(plan.body)
+                "POST", client._prefix + plan.path, orjson.dumps(plan.body), extra=self._extra
             )
         except HTTPError as exc:
             raise unanswered(exc, "answer") from None
@@ -265,8 +267,9 @@ class OpenAIClient(PooledClient):
         path: str,
         body: bytes | AsyncIterable[bytes] | None = None,
         whole: bool = False,
+        extra: bytes = b"",
     ) -> EngineExchange:
-        return EngineExchange(self, method, path, body)
+        return EngineExchange(self, method, path, body, extra)
 
     async def version(self) -> str:
         """The health check: the engine lists its models. (Engines have no version to ask.)"""
