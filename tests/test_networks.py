@@ -5,13 +5,15 @@ ignored). Every request here comes from 127.0.0.1; forwarding headers stand for 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from secureig.networks import Networks, parse_network
 from secureig.surfaces.forwarded import ClientAddress
-from tests.conftest import Deployment, wait_until
+from tests.conftest import Deployment, fleet_deployment, wait_until
 
 GEN = {"model": "llama2", "prompt": "x", "stream": False}
 
@@ -194,3 +196,17 @@ def test_networks_parse_cidr_and_single_addresses() -> None:
     assert "11.0.0.1" not in allowed and "unknown" not in allowed and "" not in allowed
     with pytest.raises(ValueError, match="is not a network"):
         parse_network("10.0.0.0/33")
+
+
+def test_the_lists_are_toml_lists_in_the_settings_file(tmp_path: Path, standin: Any) -> None:
+    dep = fleet_deployment(
+        tmp_path, [{"name": "gpu1", "url": standin.url}],
+        allowed_networks=["127.0.0.0/8", "fd00::/8"], trusted_proxies=["127.0.0.1"],
+    )  # fmt: skip
+    try:
+        key = dep.cli.create_key("from-file")
+        gateway = dep.gateway()
+        assert _gen(gateway.url, key, **{"X-Forwarded-For": "127.0.0.9"}).status_code == 200
+        assert _gen(gateway.url, key, **{"X-Forwarded-For": "192.0.2.1"}).status_code == 403
+    finally:
+        dep.close()
