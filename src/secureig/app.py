@@ -465,7 +465,10 @@ class GatewayApp:
         finally:
             await self.gateway.accounting.finish(exchange)
             if exchange.span is not None and tracing is not None:
-                tracing.finish(exchange.span, exchange, scope["method"])
+                try:
+                    tracing.finish(exchange.span, exchange, scope["method"])
+                except Exception:  # a tracing fault must not cost the access log its line
+                    log.exception("ending a request's trace span failed")
             access = self.gateway.access_log
             if access.enabled:
                 access.request(scope["method"], scope["path"], exchange)
