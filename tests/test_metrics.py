@@ -336,6 +336,8 @@ def test_live_counts_show_streams_in_flight_and_refusals_by_reason(
         assert client.post("/api/generate", json=whole, headers=_h(key)).status_code == 200
         assert client.post("/api/generate", json=whole, headers=_h(key)).status_code == 429
         assert client.post("/api/generate", json=whole, headers=_h("sig_wrong")).status_code == 401
+    # Counted once each answer is out, a moment after its client has it.
+    assert wait_until(lambda: live()["requests"] - before["requests"] == 5, timeout=3)
     after = live()
     assert after["streams"] == 0 and after["in_flight"] == 0
     # The stream, two whole answers and the two refusals; the readings themselves left out.
