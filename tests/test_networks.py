@@ -123,8 +123,8 @@ def test_a_key_used_outside_its_networks_is_refused_as_invalid(deployment: Deplo
     assert refused.json() == {"error": "the API key is not valid"}
     assert "key 'office' used from 127.0.0.1, outside the networks" in gateway.log()
     assert office not in gateway.log()
-    metrics = httpx.get(url + "/metrics").text
-    assert 'secureig_auth_failures_total{surface="ollama"} 1.0' in metrics
+    counted = 'secureig_auth_failures_total{surface="ollama"} 1.0'
+    assert wait_until(lambda: counted in httpx.get(url + "/metrics").text, timeout=3)
     # From inside (through the trusted proxy): served.
     assert _gen(url, office, **{"X-Forwarded-For": "10.20.30.40"}).status_code == 200
     assert _gen(url, office, **{"X-Forwarded-For": "fd00::7"}).status_code == 200
