@@ -41,6 +41,7 @@ class PKI:
     stranger_cert: Path  # a client certificate another CA signed
     stranger_key: Path
     other_key: Path  # a key that belongs to no certificate here
+    encrypted_key: Path  # the server's key, behind a passphrase
 
     def trust(self, *, client: bool = False, stranger: bool = False) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca))
@@ -61,6 +62,17 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def _write_encrypted(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
         )
     )
     return path
@@ -145,6 +157,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
         ),
         stranger_key=_write_key(stranger_key, d / "stranger-key.pem"),
         other_key=_write_key(_key(), d / "other-key.pem"),
+        encrypted_key=_write_encrypted(server_key, d / "encrypted-key.pem"),
     )
 
 
@@ -252,6 +265,9 @@ def test_the_servers_context_refuses_tls_before_1_2(pki: PKI) -> None:
         (lambda p, d: {"ssl_certfile": str(p.ca), "ssl_keyfile": str(p.ca)},
          "hold no PEM certificate and private key"),
         (lambda p, d: {"ssl_keyfile": str(p.key)}, "ssl_certfile is not"),
+        # Never a passphrase prompt on a terminal nobody watches.
+        (lambda p, d: {"ssl_certfile": str(p.cert), "ssl_keyfile": str(p.encrypted_key)},
+         "is encrypted; give the gateway an unencrypted key"),
         (lambda p, d: {**_tls(p), "ssl_ca_certs": str(p.key)}, "holds no PEM CA certificate"),
     ],
 )  # fmt: skip

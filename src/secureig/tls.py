@@ -39,8 +39,16 @@ def server_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION
+
+    def encrypted() -> str:
+        # OpenSSL would otherwise ask for the passphrase on the terminal, and wait.
+        raise TLSConfigError(
+            f"ssl_keyfile: the key in {keyfile or certfile} is encrypted; give the gateway an"
+            " unencrypted key file, readable by its user alone"
+        )
+
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=encrypted)
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc):
             raise TLSConfigError(
