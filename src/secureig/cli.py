@@ -298,7 +298,7 @@ def serve(
 
     from secureig.app import create_app, refusal_reason
     from secureig.protocol import fit_descriptors, protocol_class
-    from secureig.tls import TLSConfigError, server_context
+    from secureig.tls import TLSConfigError
 
     settings = settings_from(
         host=host,
@@ -313,13 +313,8 @@ def serve(
         ssl_ca_certs=ssl_ca_certs,
     )
     _configure_logging(settings.log_level)
-    tls: ssl.SSLContext | None = None
     try:
-        if settings.ssl_certfile is not None:
-            tls = server_context(
-                settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
-                settings.ssl_client_certs,
-            )  # fmt: skip
+        tls = _listener_tls(settings)
     except TLSConfigError as exc:
         raise fail(str(exc), 2) from None
 
@@ -389,6 +384,18 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(3)
+
+
+def _listener_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context from the settings (None: plain HTTP); serve and check alike."""
+    from secureig.tls import server_context
+
+    if settings.ssl_certfile is None:
+        return None
+    return server_context(
+        settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
+        settings.ssl_client_certs,
+    )  # fmt: skip
 
 
 def _overran(seconds: float) -> None:
@@ -985,13 +992,10 @@ def check(
     if settings.ssl_certfile is None:
         typer.echo("tls       ok    off: plain HTTP (--ssl-certfile to serve HTTPS)")
     else:
-        from secureig.tls import TLSConfigError, server_context
+        from secureig.tls import TLSConfigError
 
         try:
-            server_context(
-                settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
-                settings.ssl_client_certs,
-            )  # fmt: skip
+            _listener_tls(settings)
             mutual = (
                 f", client certificates {settings.ssl_client_certs}"
                 if settings.ssl_ca_certs

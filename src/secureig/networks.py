@@ -5,7 +5,7 @@ forwarding headers from, with one way to parse them and one way to ask whether a
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -72,9 +72,3 @@ class Networks:
                 self._verdicts.clear()
             self._verdicts[address] = verdict
         return verdict
-
-    def __iter__(self) -> Iterator[Network]:
-        return iter(self._networks)
-
-    def __str__(self) -> str:
-        return ", ".join(str(n) for n in self._networks)
