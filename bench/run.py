@@ -254,8 +254,9 @@ def main() -> None:
         "SECUREIG_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
         "SECUREIG_OLLAMA_URL": backend,
         "SECUREIG_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
-        # Room for the held streams: one upstream connection each.
+        # Room for the held streams: one upstream connection each, all from one address.
         "SECUREIG_UPSTREAM_MAX_CONNECTIONS": str(max(args.hold + 100, 100)),
+        "SECUREIG_MAX_CONNECTIONS_PER_CLIENT": str(max(args.hold + 100, 100)),
     }
     key = bench_key(gateway_env)
     litellm = ensure_litellm() if args.litellm else None

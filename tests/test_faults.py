@@ -195,8 +195,9 @@ def test_one_address_cannot_hold_every_connection(deployment: Deployment) -> Non
 
 def test_the_total_cap_refuses_and_readyz_says_so(deployment: Deployment) -> None:
     gateway = deployment.gateway(
-        max_connections="30", max_connections_per_client="10", header_timeout="60"
-    )
+        max_connections="30", max_connections_per_client="10", reserved_connections="0",
+        header_timeout="60",
+    )  # fmt: skip
     held = [_connect(gateway, f"127.0.0.{3 + i // 10}") for i in range(29)]
     try:
         # The 30th connection is the last there is room for: readiness says the gateway is full.
@@ -219,7 +220,9 @@ def test_the_total_cap_refuses_and_readyz_says_so(deployment: Deployment) -> Non
 
 def test_descriptor_limit_lowers_the_cap_at_start(deployment: Deployment) -> None:
     # 1,000 open files, 100 upstream connections and 256 more kept back: 644 clients fit.
-    gateway = deployment.gateway(open_files=1000)
+    gateway = deployment.gateway(
+        open_files=1000, max_connections_per_client="300", reserved_connections="0"
+    )
     assert (
         "SECUREIG_MAX_CONNECTIONS lowered from 4096 to 644: the process may open 1000 files"
         in gateway.log()

@@ -195,7 +195,11 @@ class Gateway:
                 body_min_rate=settings.body_min_rate,
                 max_connections=settings.max_connections,
                 max_per_client=settings.connections_per_client,
+                reserved=settings.connections_reserved,
+                tls_handshake_timeout=settings.tls_handshake_timeout,
+                tls_handshakes_per_client=settings.max_tls_handshakes_per_client,
                 admitted=_admitted(settings),
+                proxies=Networks.of(settings.trusted_proxies) if settings.trusted_proxies else None,
             )
         )
         self.metrics.watch_connections(lambda: self.connections.open, self.connections.refused)
@@ -283,6 +287,20 @@ class Gateway:
         """In-flight requests have finished (or the grace ran out) before this runs. It takes at
         most the flush timeout and a few seconds: a database or Redis that stopped answering
         must not keep the process up until an orchestrator's SIGKILL loses what it held."""
+        connections = self.connections
+        connections.abort_handshakes()
+        for _ in range(50):  # what the aborts set off takes a few turns of the loop
+            if not connections.open:
+                break
+            await asyncio.sleep(0.01)
+        if connections.open:
+            log.warning(
+                "shutdown: %d client connections still counted as open after the server closed"
+                " them",
+                connections.open,
+            )
+        else:
+            log.info("shutdown: every client connection closed")
         # Requests the server cancelled when the grace ran out record themselves as they unwind.
         deadline = time.monotonic() + 1.0
         while self.metrics.active and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -446,6 +464,7 @@ class GatewayApp:
             await send(message)
 
         self.gateway.metrics.started()
+        peer = scope.get("client")  # the socket's, before a trusted proxy names the client
         tracing = self.gateway.tracing
         if tracing is not None:
             exchange.span = tracing.request(scope["method"], scope["headers"])
@@ -463,6 +482,9 @@ class GatewayApp:
                 exchange.outcome = "cut-by-shutdown" if self.gateway.draining else "cancelled"
             raise
         finally:
+            if exchange.ledger.principal is not None and peer:
+                # A valid key came from this address: it may use the connections kept back.
+                self.gateway.connections.vouch(peer[0])
             await self.gateway.accounting.finish(exchange)
             if exchange.span is not None and tracing is not None:
                 try:

@@ -229,6 +229,10 @@ def _quiet_aborted_streams(record: logging.LogRecord) -> bool:
     # the server's traceback for it would only be noise.
     from secureig.surfaces._asgi import StreamAborted
 
+    if isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on"):
+        # `serve` said where it listens, and whether over TLS, which is the gateway's own (the
+        # server's line would always say http://).
+        return False
     return not (record.exc_info and isinstance(record.exc_info[1], StreamAborted))
 
 
@@ -369,8 +373,12 @@ def serve(
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace),
-            http=protocol_class(application.gateway.connections),
-            ssl_context_factory=None if tls is None else lambda config, default: tls,
+            # TLS is the protocol's own: it counts a connection before its handshake and
+            # bounds the handshake; uvicorn's would do neither.
+            http=protocol_class(application.gateway.connections, tls),
+            # The gateway serves no WebSocket: an upgrade must never hand a socket to another
+            # protocol, out of the connection count.
+            ws="none",
         )
     )
     scheme = "http" if tls is None else "https"

@@ -268,8 +268,28 @@ class Settings(BaseSettings):
     max_connections_per_client: int | None = Field(
         default=None,
         gt=0,
-        description="Open connections from one client address, at most (default: half of"
-        " max_connections; behind a reverse proxy every client shares its address).",
+        description="Open connections from one client address (an IPv6 client's /64), at most;"
+        " trusted proxies are held to none (default: a 64th of max_connections, at least 8).",
+    )
+    reserved_connections: int | None = Field(
+        default=None,
+        ge=0,
+        description="Of max_connections, places kept for addresses that have completed a"
+        " request with a valid key, so that a flood of strangers cannot shut out the gateway's"
+        " own users (default: an eighth).",
+    )
+    tls_handshake_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Seconds a client's TLS handshake may take; the connection is closed beyond.",
+    )
+    max_tls_handshakes_per_client: int = Field(
+        default=16,
+        gt=0,
+        le=100_000,
+        description="TLS handshakes under way from one client address, at most; more"
+        " connections are closed as they open.",
     )
     upstream_connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds to open a connection to the upstream."
@@ -475,7 +495,15 @@ class Settings(BaseSettings):
     def connections_per_client(self) -> int:
         if self.max_connections_per_client is not None:
             return min(self.max_connections_per_client, self.max_connections)
-        return max(1, self.max_connections // 2)
+        return min(self.max_connections, max(8, self.max_connections // 64))
+
+    @property
+    def connections_reserved(self) -> int:
+        """Places only clients that have used a valid key may take; never all of them."""
+        wanted = self.max_connections // 8 if self.reserved_connections is None else (
+            self.reserved_connections
+        )  # fmt: skip
+        return min(wanted, self.max_connections - 1)
 
     @property
     def trusted_hosts(self) -> tuple[str, ...]:
