@@ -106,8 +106,10 @@ def test_the_compose_file_matches_the_compose_spec() -> None:
     assert "ports" not in services["ollama"]
     nginx = (DEPLOY / "nginx.conf").read_text()
     for line in ("proxy_buffering off;", "proxy_request_buffering off;",
-                 "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"):  # fmt: skip
+                 "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+                 'proxy_set_header Forwarded "";'):  # fmt: skip
         assert line in nginx
+    assert env["SECUREIG_FORWARDED_HEADER"] == "x-forwarded-for"
 
 
 def test_the_secrets_script_makes_private_files_once(tmp_path: Path) -> None:

@@ -98,6 +98,20 @@ def refusal_reason(settings: Settings, live_keys: int) -> str | None:
     )
 
 
+def bootstrap_policy(settings: Settings) -> BootstrapPolicy:
+    """When the bootstrap key serves. An operator's own SECUREIG_ADMIN_KEY is a secret like any
+    key. The well-known `admin` serves a client of a loopback listener on this machine that
+    reached it directly, or anyone where the operator opted in; never behind trusted proxies,
+    where a remote client's request arrives from a local address."""
+    if settings.admin_key is not None:
+        return BootstrapPolicy(enabled=True, secret=settings.admin_key.get_secret_value())
+    return BootstrapPolicy(
+        enabled=(settings.listens_on_loopback or settings.allow_bootstrap_key)
+        and not settings.trusted_proxies,
+        local_only=not settings.allow_bootstrap_key,
+    )
+
+
 def build_fleet(settings: Settings) -> Fleet:
     """The backends the settings name, each with its own client and connection pool."""
     timeouts = Timeouts(
@@ -150,18 +164,8 @@ class Gateway:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.keystore = KeyStore(self.engine)
-        secret = settings.admin_key.get_secret_value() if settings.admin_key else BOOTSTRAP_KEY
         self.keyring = Keyring(
-            self.keystore,
-            BootstrapPolicy(
-                enabled=bool(
-                    settings.listens_on_loopback
-                    or settings.allow_bootstrap_key
-                    or settings.admin_key
-                ),
-                secret=secret,
-            ),
-            settings.key_refresh_interval,
+            self.keystore, bootstrap_policy(settings), settings.key_refresh_interval
         )
         self.fleet = build_fleet(settings)
         self.metrics = Metrics()
@@ -275,10 +279,23 @@ class Gateway:
             )
         if self.keyring.bootstrap_active:
             which = "SECUREIG_ADMIN_KEY" if self.settings.admin_key else f"{BOOTSTRAP_KEY!r}"
+            where = (
+                ", from this machine only"
+                if self.keyring.bootstrap_local_only
+                else ""
+            )  # fmt: skip
             log.warning(
-                "bootstrap key %s is active until an admin key exists"
+                "bootstrap key %s is active%s until an admin key exists"
                 " (secureig keys create NAME --scope admin)",
                 which,
+                where,
+            )
+        elif self.settings.trusted_proxies and not self.keyring.key_count:
+            log.warning(
+                "bootstrap key %r is off behind trusted proxies (SECUREIG_TRUSTED_PROXIES) and"
+                " the store holds no keys: create one on this machine with"
+                " secureig keys create NAME --scope admin, or set SECUREIG_ADMIN_KEY",
+                BOOTSTRAP_KEY,
             )
         else:
             log.info("bootstrap key: inactive")
@@ -410,6 +427,7 @@ class GatewayApp:
         allowed_hosts: tuple[str, ...] = ("*",),
         clients: ClientAddress | None = None,
     ) -> None:
+        clients = clients if clients is not None else ClientAddress(Networks(()), Networks(()))
         self.gateway = gateway
         self._clients = clients
         self.openapi = fallback.openapi  # the whole API's schema, hot routes included
@@ -470,7 +488,7 @@ class GatewayApp:
             exchange.span = tracing.request(scope["method"], scope["headers"])
         try:
             hosts, clients = self._hosts, self._clients
-            if clients is not None and not clients.admits(scope):
+            if not clients.admits(scope):
                 await clients.refuse(scope, send_with_id)
             elif hosts is not None and not hosts.allows(scope):
                 await hosts.refuse(scope, send_with_id)
@@ -527,12 +545,7 @@ def create_app(settings: Settings) -> GatewayApp:
     openai = OpenAISurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
     messages = AnthropicSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
     responses = ResponsesSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
-    public = (
-        settings.metrics_public
-        if settings.metrics_public is not None
-        else settings.listens_on_loopback
-    )
-    metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, public)
+    metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, settings.metrics_public)
     api = _api(gateway)
     admin = AdminGate(gateway.gatekeeper, gateway.sessions, api, settings.max_body_bytes)
     console = ConsoleSurface(gateway.sessions, settings.console_session_lifetime)
@@ -549,19 +562,13 @@ def create_app(settings: Settings) -> GatewayApp:
         },
         fallback=api,
         allowed_hosts=settings.trusted_hosts,
-        clients=_client_address(settings),
+        clients=ClientAddress(
+            Networks.of(settings.trusted_proxies or ()),
+            Networks.of(settings.allowed_networks or ()),
+            exempt_paths=("/healthz", "/readyz"),
+            header=settings.forwarded_header,
+        ),
     )  # fmt: skip
-
-
-def _client_address(settings: Settings) -> ClientAddress | None:
-    """Nothing to pay for per request unless proxies are trusted or networks restricted."""
-    if not settings.trusted_proxies and not settings.allowed_networks:
-        return None
-    return ClientAddress(
-        Networks.of(settings.trusted_proxies or ()),
-        Networks.of(settings.allowed_networks or ()),
-        exempt_paths=("/healthz", "/readyz"),
-    )
 
 
 def app_factory() -> GatewayApp:

@@ -229,8 +229,15 @@ class Settings(BaseSettings):
     )
     trusted_proxies: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
-        description="Proxies (CIDR, comma-separated) whose Forwarded / X-Forwarded-For headers"
-        " name the client; from any other address they are ignored.",
+        description="Proxies (CIDR, comma-separated) whose forwarding header (forwarded_header)"
+        " names the client; from any other address it is ignored. The bootstrap key 'admin'"
+        " never serves when set.",
+    )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        default="x-forwarded-for",
+        description="The one header a trusted proxy names the client in: x-forwarded-for (with"
+        " X-Forwarded-Proto for the scheme) or forwarded (RFC 7239). The other is never read:"
+        " the proxy must overwrite or clear the one named and X-Forwarded-Proto.",
     )
     max_header_bytes: int = Field(
         default=64 * KIB,
@@ -351,7 +358,8 @@ class Settings(BaseSettings):
     )
     metrics_public: bool | None = Field(
         default=None,
-        description="Serve /metrics without a key (default: only when listening on loopback).",
+        description="Serve /metrics without a key: true to anyone, false to nobody (default:"
+        " to clients on this machine that reach the gateway directly, not through a proxy).",
     )
     usage_batch_size: int = Field(default=500, gt=0, description="Usage records per insert.")
     usage_flush_interval: float = Field(
@@ -466,6 +474,11 @@ class Settings(BaseSettings):
                     )
             return hosts
         return value
+
+    @field_validator("forwarded_header", mode="before")
+    @classmethod
+    def _header_name(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("allowed_networks", "trusted_proxies", mode="before")
     @classmethod

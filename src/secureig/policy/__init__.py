@@ -17,18 +17,20 @@ from secureig.policy.engine import Admission, Gatekeeper, Ledger
 from secureig.policy.keyring import BOOTSTRAP_KEY, AuthError, BootstrapPolicy, Keyring
 from secureig.policy.limits import Limiter, Limits, LocalLimiter
 from secureig.policy.operations import SPECS, Operation
-from secureig.policy.principal import Principal
+from secureig.policy.principal import UNKNOWN_CLIENT, Client, Principal
 from secureig.policy.sessions import ConsoleSessions, Session
 from secureig.policy.throttle import AuthThrottle
 
 __all__ = [
     "BOOTSTRAP_KEY",
     "SPECS",
+    "UNKNOWN_CLIENT",
     "Admission",
     "AuthError",
     "AuthThrottle",
     "BootstrapPolicy",
     "ClampPolicy",
+    "Client",
     "ConsoleSessions",
     "Forbidden",
     "Gatekeeper",

@@ -30,7 +30,7 @@ from secureig.policy.clamps import ClampError, ClampPolicy, ClampRefused, apply_
 from secureig.policy.keyring import AuthError, Keyring
 from secureig.policy.limits import Limiter, LimiterUnavailable, RateLimited, Ticket
 from secureig.policy.operations import SPECS, Operation, OperationSpec, Rule
-from secureig.policy.principal import Principal
+from secureig.policy.principal import BOOTSTRAP, Client, Principal
 from secureig.policy.throttle import AuthThrottle
 from secureig.policy.tokens import estimate_prompt_tokens
 from secureig.routing import Fleet
@@ -130,34 +130,41 @@ class Gatekeeper:
         self._throttle = throttle
         self._outside_logged: dict[str, float] = {}
 
-    def authenticate(self, secret: str | None, address: str, ledger: Ledger) -> Principal:
+    def authenticate(self, secret: str | None, client: Client, ledger: Ledger) -> Principal:
         """The key's principal. An address that keeps failing is refused before anything else,
         but never a request that carries a valid key."""
         try:
             principal = self.keyring.authenticate(secret)
         except AuthError as exc:
-            raise self.failed_authentication(address, _AUTH_MESSAGES[exc.reason]) from None
-        networks = principal.networks
-        if networks is not None and address not in networks:
-            # Said as a wrong key is: whoever holds a copy learns nothing from trying it here.
-            self._outside(principal.name, address)
-            raise self.failed_authentication(address, _AUTH_MESSAGES["unknown"])
+            raise self.failed_authentication(client.address, _AUTH_MESSAGES[exc.reason]) from None
+        self.check_origin(principal, client)
         ledger.principal = principal
         return principal
 
-    def _outside(self, name: str, address: str) -> None:
+    def check_origin(
+        self, principal: Principal, client: Client, message: str = _AUTH_MESSAGES["unknown"]
+    ) -> None:
+        """A key may be used from where it may be used: its own networks, and for the
+        well-known bootstrap key this machine only, directly. Refused as a wrong key is, so
+        whoever holds a copy learns nothing from trying it elsewhere."""
+        networks = principal.networks
+        if networks is not None and client.address not in networks:
+            self._outside(
+                principal.name, client.address, "outside the networks it may be used from"
+            )
+            raise self.failed_authentication(client.address, message)
+        if principal is BOOTSTRAP and not client.local and self.keyring.bootstrap_local_only:
+            self._outside(principal.name, client.address, "not this machine, or through a proxy")
+            raise self.failed_authentication(client.address, message)
+
+    def _outside(self, name: str, address: str, where: str) -> None:
         # The operator's clue to a refused key, at most a line a minute per key.
         now = time.monotonic()
         if now - self._outside_logged.get(name, -60.0) >= 60.0:
             if len(self._outside_logged) >= 1024:
                 self._outside_logged.clear()
             self._outside_logged[name] = now
-            log.warning(
-                "key %r used from %s, outside the networks it may be used from: refused as an"
-                " invalid key",
-                name,
-                address,
-            )
+            log.warning("key %r used from %s, %s: refused as an invalid key", name, address, where)
 
     def check_throttle(self, address: str) -> None:
         """Refuse an address that has failed too often, before any work on its credential (a

@@ -46,11 +46,14 @@ class BootstrapPolicy:
     `secureig keys create NAME --scope admin` on the server.
 
     `enabled` is settled at start: on loopback, or where the operator opted in, or where the
-    operator chose the bootstrap key's value with SECUREIG_ADMIN_KEY.
+    operator chose the bootstrap key's value with SECUREIG_ADMIN_KEY; never the well-known
+    `admin` behind trusted proxies. `local_only`: the key is accepted only from a client on
+    this machine that reached the gateway directly (the well-known `admin`, unless opted in).
     """
 
     enabled: bool
     secret: str = BOOTSTRAP_KEY
+    local_only: bool = False
 
 
 def _principal(record: KeyRecord) -> Principal:
@@ -149,6 +152,10 @@ class Keyring:
     @property
     def bootstrap_active(self) -> bool:
         return self._bootstrap.enabled and not self._admin_created
+
+    @property
+    def bootstrap_local_only(self) -> bool:
+        return self._bootstrap.local_only
 
     def authenticate(self, secret: str | None) -> Principal:
         if not secret:

@@ -39,3 +39,19 @@ class Principal:
 
 
 BOOTSTRAP = Principal(name="bootstrap", scopes=frozenset({Scope.ADMIN}), patterns=("*",))
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Where a request comes from, resolved once per request: the address every decision by
+    address uses (allowlists, `allow_from`, the failed-auth throttle, usage, logs), and whether
+    it is this machine itself, directly, not through any proxy (the bootstrap key, an open
+    `/metrics`), and whether it reached the gateway over TLS (a `Secure` cookie), its own or a
+    trusted proxy's."""
+
+    address: str
+    local: bool = False
+    secure: bool = False
+
+
+UNKNOWN_CLIENT = Client("unknown")

@@ -15,7 +15,7 @@ from secureig.credentials import key_digest
 from secureig.errors import Forbidden, Unauthenticated
 from secureig.policy.engine import Gatekeeper, Ledger
 from secureig.policy.keyring import AuthError
-from secureig.policy.principal import Principal
+from secureig.policy.principal import Client, Principal
 from secureig.store import SessionStore
 
 # last_seen_at is written at most this often: a busy console costs one write a minute.
@@ -44,10 +44,12 @@ class ConsoleSessions:
         self._idle = timedelta(seconds=idle_seconds)
         self._lifetime = timedelta(seconds=lifetime_seconds)
 
-    async def login(self, secret: str | None, address: str, ledger: Ledger) -> tuple[str, Session]:
+    async def login(
+        self, secret: str | None, client: Client, ledger: Ledger
+    ) -> tuple[str, Session]:
         """A new session for an admin key: the token for the cookie, and the session. A wrong
         key counts against the address as on every route."""
-        principal = self._gate.authenticate(secret, address, ledger)
+        principal = self._gate.authenticate(secret, client, ledger)
         if not principal.is_admin:
             raise Forbidden(f"the key {principal.name!r} lacks the 'admin' scope the console needs")
         assert secret is not None  # authenticate refused a missing one
@@ -56,10 +58,11 @@ class ConsoleSessions:
         token, record = await self._store.create(key_digest(secret), now)
         return token, Session(principal, record.csrf, record.token_digest, self._expiry(now, now))
 
-    async def resolve(self, token: str, address: str, ledger: Ledger) -> Session:
+    async def resolve(self, token: str, client: Client, ledger: Ledger) -> Session:
         """The live session this token names, or Unauthenticated. A token the store does not
         hold counts against the address, as a wrong key does, so guessing costs what it does
         with keys and a flood of made-up cookies is refused before the store is asked."""
+        address = client.address
         self._gate.check_throttle(address)
         record = await self._store.get(token)
         now = datetime.now(UTC)
@@ -75,8 +78,7 @@ class ConsoleSessions:
         if principal is None or not principal.is_admin:
             await self._store.end(record.token_digest)
             raise Unauthenticated(ENDED)
-        if principal.networks is not None and address not in principal.networks:
-            raise self._gate.failed_authentication(address, ENDED)
+        self._gate.check_origin(principal, client, ENDED)
         if now - record.last_seen_at > _TOUCH_EVERY:
             await self._store.touch(record.token_digest, now)
         ledger.principal = principal

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from secureig.errors import BodyTooLarge
-from secureig.policy import Ledger
+from secureig.policy import UNKNOWN_CLIENT, Client, Ledger
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +44,7 @@ class Exchange:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    client: Client = UNKNOWN_CLIENT  # who asks, resolved once (surfaces.forwarded)
     surface: str = "ops"
     route: str = "other"  # the operation: a bounded label, unlike the path
     ledger: Ledger = field(default_factory=Ledger)
@@ -73,9 +74,9 @@ class Exchange:
         ).encode()
 
 
-def client_address(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+def client_of(scope: Scope) -> Client:
+    """The request's client, as `ClientAddress` resolved it for every decision by address."""
+    return exchange_of(scope).client
 
 
 def exchange_of(scope: Scope) -> Exchange:

@@ -35,7 +35,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
-    client_address,
+    client_of,
     cookie,
     exchange_of,
     header,
@@ -201,8 +201,8 @@ class AdminGate:
         secret = api_key(scope)
         token = cookie(scope, SESSION_COOKIE) if secret is None else None
         if not token:
-            return self._gate.authenticate(secret, client_address(scope), ex.ledger)
-        session = await self._sessions.resolve(token, client_address(scope), ex.ledger)
+            return self._gate.authenticate(secret, client_of(scope), ex.ledger)
+        session = await self._sessions.resolve(token, client_of(scope), ex.ledger)
         if scope["method"] not in ("GET", "HEAD"):
             self._sessions.check_csrf(session, header(scope, CSRF_HEADER))
         return session.principal

@@ -24,7 +24,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
-    client_address,
+    client_of,
     respond_json,
 )
 from secureig.surfaces._translated import TranslatingSurface, relay, whole_answer
@@ -81,7 +81,7 @@ class AnthropicSurface(TranslatingSurface):
             raise MethodNotAllowed(f"Method {method} not allowed on {path}", "POST")
         counting = path == COUNT_TOKENS
         ex.route = Operation.CHAT.value
-        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        principal = self._gate.authenticate(api_key(scope), client_of(scope), ex.ledger)
         self._gate.check_scope(principal, Operation.CHAT)
         plan, call = await self._admit(
             scope, receive, ex, principal, Operation.CHAT,

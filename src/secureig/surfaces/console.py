@@ -24,7 +24,7 @@ from secureig.surfaces._asgi import (
     Receive,
     Scope,
     Send,
-    client_address,
+    client_of,
     cookie,
     exchange_of,
     header,
@@ -126,7 +126,7 @@ class ConsoleSurface:
         if not isinstance(secret, str):
             raise RequestError('expected JSON {"key": "<an admin key>"}')
         ledger = exchange_of(scope).ledger
-        token, session = await self._sessions.login(secret.strip(), client_address(scope), ledger)
+        token, session = await self._sessions.login(secret.strip(), client_of(scope), ledger)
         cookie_header = self._cookie(scope, token, self._max_age)
         await self._answer(send, 201, _described(session), [cookie_header])
 
@@ -134,13 +134,13 @@ class ConsoleSurface:
         token = cookie(scope, SESSION_COOKIE)
         if not token:
             raise _not_logged_in()
-        return await self._sessions.resolve(token, client_address(scope), exchange_of(scope).ledger)
+        return await self._sessions.resolve(token, client_of(scope), exchange_of(scope).ledger)
 
     @staticmethod
     def _cookie(scope: Scope, token: str, max_age: int) -> tuple[bytes, bytes]:
         # Path=/ so the admin API, which the page calls, receives it too.
         value = f"{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict"
-        if scope.get("scheme") == "https":
+        if client_of(scope).secure:
             value += "; Secure"
         return (b"set-cookie", value.encode())
 

@@ -32,7 +32,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
-    client_address,
+    client_of,
     exchange_of,
     header,
     json_bytes,
@@ -123,7 +123,7 @@ class OllamaSurface:
         ex.surface = "ollama"
         operation = classify(method, path)
         ex.route = operation.value if operation is not None else "never-forwarded"
-        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        principal = self._gate.authenticate(api_key(scope), client_of(scope), ex.ledger)
         if operation is None:
             raise Forbidden(
                 f"{path} acts on the Ollama server's ollama.com account;"

@@ -28,7 +28,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
-    client_address,
+    client_of,
     respond_json,
 )
 from secureig.surfaces._translated import SSE_HEADERS, TranslatingSurface, whole_answer
@@ -122,7 +122,7 @@ class OpenAISurface(TranslatingSurface):
         ex.surface = "openai"
         operation, model_in_path = self._classify(scope["method"], scope["path"])
         ex.route = operation.value
-        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        principal = self._gate.authenticate(api_key(scope), client_of(scope), ex.ledger)
         self._gate.check_scope(principal, operation)
 
         if operation is Operation.LIST_MODELS:

@@ -15,7 +15,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     api_key,
-    client_address,
+    client_of,
     exchange_of,
     respond,
     respond_json,
@@ -56,9 +56,12 @@ def ops_router(probe: Readiness) -> APIRouter:
 
 
 class MetricsEndpoint:
-    """`GET /metrics`: open on loopback (or when made public), otherwise for admin keys."""
+    """`GET /metrics`: for admin keys; open when made public, and by default to a client on
+    this machine that reached the gateway directly (never through a proxy)."""
 
-    def __init__(self, gatekeeper: Gatekeeper, render: Callable[[], bytes], public: bool) -> None:
+    def __init__(
+        self, gatekeeper: Gatekeeper, render: Callable[[], bytes], public: bool | None
+    ) -> None:
         self._gate = gatekeeper
         self._render = render
         self._public = public
@@ -69,11 +72,10 @@ class MetricsEndpoint:
         if scope["method"] not in ("GET", "HEAD"):
             await respond_json(send, 405, {"error": "use GET"}, [(b"allow", b"GET, HEAD")])
             return
-        if not self._public:
+        public = self._public
+        if not (public or (public is None and client_of(scope).local)):
             try:
-                principal = self._gate.authenticate(
-                    api_key(scope), client_address(scope), ex.ledger
-                )
+                principal = self._gate.authenticate(api_key(scope), client_of(scope), ex.ledger)
                 await self._gate.admit(principal, Operation.ADMIN, ex.ledger)
             except Refusal as refusal:
                 error = {"error": refusal.message}

@@ -42,7 +42,7 @@ from secureig.surfaces._asgi import (
     Send,
     StreamAborted,
     api_key,
-    client_address,
+    client_of,
     exchange_of,
     read_body,
     respond,
@@ -146,7 +146,7 @@ class SeedSurface:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         # Key and scope are checked before the body is read: a stranger's upload costs nothing.
-        principal = self._gate.authenticate(api_key(scope), client_address(scope), ex.ledger)
+        principal = self._gate.authenticate(api_key(scope), client_of(scope), ex.ledger)
         self._gate.check_scope(principal, Operation.GENERATE)
         seed = parse(await read_body(scope, receive, self._limit))
         upstream_body: dict[str, Any] = {
