@@ -378,6 +378,41 @@ def test_openai_responses_reach_the_engine_with_its_counts(
     assert last.response.usage.output_tokens == said["completion_tokens"]
 
 
+CONFLICT = "models listed by both an Ollama backend and an OpenAI-compatible engine: llama2:latest"
+
+
+def test_an_engines_exact_id_outranks_ollamas_name_only_where_the_operator_says(
+    binary: Path, tiny: Path, standin: OllamaStandIn, tmp_path: Path
+) -> None:
+    """An engine that names its model `llama2` beside an Ollama that serves llama2:latest: the
+    name resolves as Ollama resolves it, unless the engine's `models` setting claims it."""
+    impostor = LlamaServer(binary, tiny, tmp_path, 1, alias="llama2").start()
+    try:
+        for claimed, served_by_ollama in ((None, True), (["llama2"], False)):
+            engine: dict[str, Any] = {"name": "engine", "url": impostor.url, "kind": "openai"}
+            if claimed is not None:
+                engine["models"] = claimed
+            folder = tmp_path / f"claimed-{claimed is not None}"
+            folder.mkdir()
+            dep = fleet_deployment(folder, [engine, {"name": "gpu1", "url": standin.url}])
+            try:
+                gateway = dep.gateway()
+                before = len(standin.requests_to("/api/generate"))
+                answer = httpx.post(
+                    gateway.url + "/api/generate", headers=ADMIN, timeout=60,
+                    json={"model": "llama2", "prompt": "who", "stream": False,
+                          "options": {"num_predict": 2}},
+                )  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                after = len(standin.requests_to("/api/generate"))
+                assert (after == before + 1) is served_by_ollama, (claimed, answer.text)
+                assert wait_until(lambda g=gateway: CONFLICT in g.log())
+            finally:
+                dep.close()
+    finally:
+        impostor.stop()
+
+
 def test_a_mixed_fleet_sends_each_model_to_the_backend_that_has_it(
     site: Deployment, standin: OllamaStandIn
 ) -> None:
@@ -465,6 +500,27 @@ def test_an_engine_error_is_the_surfaces_error_not_a_crash(site: Deployment) -> 
     error = answer.json()["error"]
     assert isinstance(error["message"], str) and error["message"]
     assert ENGINE_KEY not in answer.text
+
+
+def test_a_native_body_the_translation_cannot_read_is_a_400_never_a_500(
+    site: Deployment,
+) -> None:
+    """A native chat for an engine is translated by the gateway: what it cannot read is the
+    client's error, in Ollama's shape."""
+    odd: list[Any] = [5, {"function": "x"}, "calls", {"name": "a"}]
+    for tool_calls in odd:
+        answer = httpx.post(
+            _url(site) + "/api/chat",
+            json={"model": MODEL_ALIAS, "stream": False, "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": "", "tool_calls": tool_calls},
+            ]},
+            headers=ADMIN,
+            timeout=60,
+        )  # fmt: skip
+        assert answer.status_code == 400, (tool_calls, answer.text)
+        assert "tool_calls" in answer.json()["error"], answer.text
+    assert "Traceback" not in site.gateways[0].log()
 
 
 # ---- slots, queueing and disconnects ---------------------------------------------------------

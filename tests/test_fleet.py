@@ -220,6 +220,35 @@ def test_a_request_goes_where_the_model_is_already_loaded(gpus, fleet_of) -> Non
     assert not _prompts(gpus[0])
 
 
+def test_a_backend_serves_only_the_models_its_settings_allow(gpus, fleet_of) -> None:
+    """A hostile backend that lists llama2 and says it is loaded there for good took every
+    llama2 prompt meant for the real one; `models` in its table keeps it to what it is for."""
+    rogue = gpus[1]
+    backends = [{"name": "gpu1", "url": gpus[0].url},
+                {"name": "rogue", "url": rogue.url, "models": ["qwen3*"]}]  # fmt: skip
+    dep = fleet_of(backends, health_interval=0.2)
+    gateway = dep.gateway()
+    forever = {"model": "llama2", "prompt": "", "stream": False, "keep_alive": -1}
+    assert httpx.post(rogue.url + "/api/generate", json=forever).status_code == 200
+    assert wait_until(lambda: "rogue lists 1 models outside its models setting" in gateway.log())
+    assert "llama2:latest" in gateway.log()
+    assert _loaded(gateway, "rogue") == []  # what it may not serve, it is not warm for
+    for i in range(4):
+        assert _generate(gateway.url, f"meant for gpu1 {i}").status_code == 200
+    assert _prompts(gpus[0])[-4:] == [f"meant for gpu1 {i}" for i in range(4)]
+    assert _prompts(rogue) == [""]  # the load above, asked of it directly
+    # What it may serve still goes to it.
+    assert _generate(gateway.url, "qwen", model="qwen3").status_code == 200
+    assert _prompts(rogue) == ["", "qwen"]
+
+
+def test_a_backend_table_with_a_bad_model_pattern_stops_the_start(gpus, fleet_of) -> None:
+    backends = [{"name": "gpu1", "url": gpus[0].url, "models": ["llama2", "bad name!"]}]
+    gateway = fleet_of(backends).gateway(wait=False)
+    assert gateway.process is not None and gateway.process.wait(timeout=30) == 2
+    assert "'bad name!' is not a model name or pattern" in gateway.log()
+
+
 def _loaded(gateway: Any, name: str) -> list[str]:
     for report in httpx.get(gateway.url + "/admin/backends", headers=ADMIN).json():
         if report["name"] == name:

@@ -64,6 +64,7 @@ from secureig.surfaces.seed import SeedRequest, SeedSurface
 from secureig.surfaces.trustedhost import TrustedHost
 from secureig.tls import client_context
 from secureig.tracing import Tracing, traces_endpoint
+from secureig.translate import RequestBounds
 from secureig.upstream import OllamaClient, OpenAIClient, Timeouts
 
 log = logging.getLogger("secureig")
@@ -538,13 +539,17 @@ class GatewayApp:
 def create_app(settings: Settings) -> GatewayApp:
     gateway = Gateway(settings)
     forwarder = gateway.forwarder
-    seed = SeedSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
-    ollama = OllamaSurface(
-        gateway.gatekeeper, forwarder, settings.max_body_bytes, settings.max_blob_bytes
+    bounds = RequestBounds(
+        messages=settings.max_messages,
+        content_blocks=settings.max_content_blocks,
+        tools=settings.max_tools,
     )
-    openai = OpenAISurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
-    messages = AnthropicSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
-    responses = ResponsesSurface(gateway.gatekeeper, forwarder, settings.max_body_bytes)
+    gate, body_limit = gateway.gatekeeper, settings.max_body_bytes
+    seed = SeedSurface(gate, forwarder, body_limit)
+    ollama = OllamaSurface(gate, forwarder, body_limit, settings.max_blob_bytes, bounds)
+    openai = OpenAISurface(gate, forwarder, body_limit, bounds)
+    messages = AnthropicSurface(gate, forwarder, body_limit, bounds)
+    responses = ResponsesSurface(gate, forwarder, body_limit, bounds)
     metrics = MetricsEndpoint(gateway.gatekeeper, gateway.metrics.render, settings.metrics_public)
     api = _api(gateway)
     admin = AdminGate(gateway.gatekeeper, gateway.sessions, api, settings.max_body_bytes)

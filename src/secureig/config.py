@@ -22,12 +22,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from secureig.names import InvalidModelName, normalize_pattern
 from secureig.networks import parse_networks
 from secureig.routing.backend import BackendSpec
+from secureig.untrusted import shown
 from secureig.urls import safe_url
 
 MIB = 1024 * 1024
 KIB = 1024
+MAX_PATTERNS = 256  # a backend's model patterns: each is a check per listed model
 # What the Host check accepts, when nobody says otherwise, from a server on loopback: a DNS
 # rebinding page names its own domain, never one of these.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -68,6 +71,26 @@ class BackendConfig(BaseModel):
         default=True, description="false: an https:// backend's certificate is not checked"
         " (logged as a warning at start).",
     )  # fmt: skip
+    models: list[str] | None = Field(
+        default=None,
+        max_length=MAX_PATTERNS,
+        description="The models this backend may serve, as names or patterns (the keys'"
+        " grammar): what it lists outside them is ignored, with a warning. An engine's exact"
+        " ids outrank Ollama's names only where this is set. Unset: whatever it lists.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        patterns = []
+        for pattern in value:
+            try:
+                patterns.append(normalize_pattern(pattern))
+            except InvalidModelName:
+                raise ValueError(f"{shown(pattern, 80)} is not a model name or pattern") from None
+        return patterns
 
     @field_validator("name")
     @classmethod
@@ -113,6 +136,7 @@ class BackendConfig(BaseModel):
             weight=self.weight,
             ca_file=self.ca_file,
             tls_verify=self.tls_verify,
+            models=tuple(self.models) if self.models is not None else None,
         )
 
 
@@ -198,6 +222,25 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=10 * MIB, gt=0, description="Largest request body accepted, in bytes."
+    )
+    max_messages: int = Field(
+        default=10_000,
+        gt=0,
+        le=10_000_000,
+        description="Messages (or Responses input items) one request may carry; 400 beyond.",
+    )
+    max_content_blocks: int = Field(
+        default=50_000,
+        gt=0,
+        le=10_000_000,
+        description="Content blocks (text, images, tool results and their parts) one request's"
+        " messages may carry in all; 400 beyond.",
+    )
+    max_tools: int = Field(
+        default=1000,
+        gt=0,
+        le=1_000_000,
+        description="Tools one request may offer the model; 400 beyond.",
     )
     max_blob_bytes: int = Field(
         default=256 * 1024 * MIB,

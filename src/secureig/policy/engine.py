@@ -240,6 +240,43 @@ class Gatekeeper:
         body = body if body is not None else {}
         if not body.keys() <= spec.plain_fields:
             _check_fields(principal, spec, body)
+        admission = await self._models(principal, operation, spec, body, ledger)
+        self._clamp(principal, operation, spec, body, ledger)
+        await self._limit(principal, ledger)
+        return admission
+
+    async def admit_model(
+        self, principal: Principal, operation: Operation, ledger: Ledger, model: str
+    ) -> Admission:
+        """A request the gateway must translate, before it is translated: scope, model (allowed,
+        then served) and the key's limits, so that a body nobody may send, or too many of them,
+        costs no translation. `admit_body` checks the native body it becomes."""
+        spec = SPECS[operation]
+        self.check_scope(principal, operation)
+        admission = await self._models(principal, operation, spec, {"model": model}, ledger)
+        await self._limit(principal, ledger)
+        return admission
+
+    def admit_body(self, admission: Admission, ledger: Ledger, body: dict[str, Any]) -> None:
+        """The native body a translation made of an admitted request: its fields, the model it
+        names (the one admitted), and the clamps, which rewrite it in place."""
+        principal, operation = admission.principal, admission.operation
+        spec = SPECS[operation]
+        if not body.keys() <= spec.plain_fields:
+            _check_fields(principal, spec, body)
+        model = body.get("model")
+        if not isinstance(model, str) or parse_model_name(model).key != admission.models[0].key:
+            raise InvalidRequest("the translated request names another model", "model")
+        self._clamp(principal, operation, spec, body, ledger)
+
+    async def _models(
+        self,
+        principal: Principal,
+        operation: Operation,
+        spec: OperationSpec,
+        body: dict[str, Any],
+        ledger: Ledger,
+    ) -> Admission:
         names: list[tuple[ModelName, str]] = []
         for field in spec.models:
             value = next((body[n] for n in field.names if body.get(n)), None)
@@ -253,15 +290,27 @@ class Gatekeeper:
         upstream = upstream_key = None
         if spec.must_exist:
             upstream_key, upstream = await self.locate(*names[0])
-        if spec.inference:
-            try:
-                apply_clamps(principal, operation, body, self._clamps)
-            except ClampError as exc:
-                raise InvalidRequest(str(exc)) from None
-            except ClampRefused as exc:
-                raise Forbidden(str(exc)) from None
-        if spec.inference:
-            ledger.operation, ledger.body = operation, body
+        return Admission(principal, operation, tuple(n for n, _ in names), upstream, upstream_key)
+
+    def _clamp(
+        self,
+        principal: Principal,
+        operation: Operation,
+        spec: OperationSpec,
+        body: dict[str, Any],
+        ledger: Ledger,
+    ) -> None:
+        if not spec.inference:
+            return
+        try:
+            apply_clamps(principal, operation, body, self._clamps)
+        except ClampError as exc:
+            raise InvalidRequest(str(exc)) from None
+        except ClampRefused as exc:
+            raise Forbidden(str(exc)) from None
+        ledger.operation, ledger.body = operation, body
+
+    async def _limit(self, principal: Principal, ledger: Ledger) -> None:
         if principal.limits.any:
             try:
                 ledger.ticket = await self.limiter.acquire(principal.subject, principal.limits)
@@ -269,7 +318,6 @@ class Gatekeeper:
                 raise TooManyRequests(str(exc), exc.retry_after, exc.headers) from None
             except LimiterUnavailable as exc:
                 raise LimiterDown(str(exc)) from None
-        return Admission(principal, operation, tuple(n for n, _ in names), upstream, upstream_key)
 
     async def settle(self, ledger: Ledger) -> None:
         """The request is over: give back its slot and charge its tokens."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -162,8 +163,9 @@ class _Counters:
 class LocalLimiter:
     """One process's limits. Admission is one synchronous step on the event loop: exact."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._subjects: dict[str, _Counters] = {}
+        self.clock = clock  # wall time: the windows are the calendar's minutes and UTC days
 
     async def start(self) -> None:
         return None
@@ -175,7 +177,7 @@ class LocalLimiter:
         return None
 
     async def acquire(self, subject: str, limits: Limits) -> Ticket:
-        now = time.time()
+        now = self.clock()
         counters = self._subjects.get(subject)
         if counters is None:
             counters = self._subjects[subject] = _Counters()
@@ -195,6 +197,6 @@ class LocalLimiter:
             return
         counters.in_flight = max(counters.in_flight - 1, 0)
         if tokens:
-            counters.roll(time.time())
+            counters.roll(self.clock())
             counters.tokens += tokens
             counters.day_tokens += tokens

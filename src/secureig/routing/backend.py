@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from secureig.names import InvalidModelName, exact_key, model_key
+from secureig.names import (
+    InvalidModelName,
+    exact_key,
+    model_key,
+    parse_model_name,
+    pattern_allows,
+)
 from secureig.untrusted import printable
 from secureig.upstream import BackendClient, Loaded, TagEntry
 
 # How long a backend that answered for a model is taken to have it loaded, until the next look at
-# its /api/ps says otherwise: Ollama's own default keep-alive.
+# its /api/ps says otherwise: Ollama's own default keep-alive. A backend's own "loaded until" is
+# believed no longer than this either: it is asked again every health interval, and a backend
+# that says "forever" must not win every request for good on its word.
 TRAFFIC_WARMTH_SECONDS = 300.0
 # A backend that said it is busy (Ollama's 503 "server busy": its queue is full) is skipped this
 # long, unless nothing else can serve.
@@ -37,6 +45,8 @@ class BackendSpec:
     weight: float = 1.0
     ca_file: Path | None = None  # an HTTPS backend's own CA, instead of the system's
     tls_verify: bool = True
+    # The models it may serve (the keys' pattern grammar); None: whatever it lists.
+    models: tuple[str, ...] | None = None
 
 
 class Backend:
@@ -116,14 +126,24 @@ class Backend:
             return exact_key(name)
         return model_key(name)
 
-    def set_models(self, entries: list[TagEntry]) -> None:
+    def set_models(self, entries: list[TagEntry]) -> list[str]:
+        """What it lists now, within its `models` patterns; gives the names left out."""
         models: dict[str, TagEntry] = {}
+        patterns = self.spec.models
+        outside: list[str] = []
         for entry in entries:
             try:
-                models[self.key(entry.name)] = entry
+                key = self.key(entry.name)
+                if patterns is not None and not pattern_allows(
+                    patterns, parse_model_name(entry.name)
+                ):
+                    outside.append(entry.name)
+                    continue
             except InvalidModelName:
                 continue
+            models[key] = entry
         self.models = models
+        return outside
 
     def set_loaded(self, running: list[Loaded]) -> None:
         """What /api/ps says now replaces what was known."""
@@ -134,7 +154,9 @@ class Backend:
                 key = self.key(item.name)
             except InvalidModelName:
                 continue
-            loaded[key] = now + _seconds_left(item.expires_at, now_wall)
+            if key in self.models:  # what it may not serve, it cannot be warm for either
+                left = min(_seconds_left(item.expires_at, now_wall), TRAFFIC_WARMTH_SECONDS)
+                loaded[key] = now + left
         self.loaded = loaded
 
     def answered(self, key: str) -> None:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secureig.errors import UpstreamError
-from secureig.names import ModelName, exact_key
+from secureig.names import ModelName, exact_key, model_key
 from secureig.routing.backend import Backend
+from secureig.untrusted import printable
 from secureig.upstream import TagEntry
 
 log = logging.getLogger("secureig.upstream")
@@ -46,6 +47,11 @@ class Fleet:
         # However many requests name unknown models, the backends see one refresh per cooldown.
         self._miss_cooldown = miss_cooldown
         self.state = CatalogState(models={}, up=False, error="not checked yet", refreshed_at=0.0)
+        # Engine ids that outrank Ollama's resolution of the same name: listed by an engine
+        # whose `models` the operator set.
+        self._vouched: frozenset[str] = frozenset()
+        self._outside: dict[str, frozenset[str]] = {}  # by backend: what it lists, ignored
+        self._conflicts: frozenset[str] = frozenset()  # what was last said about claims
         self._refreshing: asyncio.Task[CatalogState] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         # Called with a backend that was down and is up again (the router wakes its waiters).
@@ -76,10 +82,15 @@ class Fleet:
 
     def _union(self) -> CatalogState:
         models: dict[str, TagEntry] = {}
+        vouched: set[str] = set()
         for backend in self.backends:
             # A model known from a backend that is down now stays known: the request will tell.
             for key, entry in backend.models.items():
                 models.setdefault(key, entry)
+                if backend.kind == "openai" and backend.spec.models is not None:
+                    vouched.add(key)
+        self._vouched = frozenset(vouched)
+        self._say_conflicts()
         up = [b for b in self.backends if b.up]
         error = None
         if not up:
@@ -102,7 +113,19 @@ class Fleet:
             if backend.mark_down(str(exc)) and not quiet:
                 log.warning("backend %s is down: %s", backend.name, exc)
             return
-        backend.set_models(entries)
+        outside = frozenset(backend.set_models(entries))
+        if outside != self._outside.get(backend.name, frozenset()):
+            self._outside[backend.name] = outside
+            if outside:
+                names = sorted(outside)
+                shown = ", ".join(printable(n, 80) for n in names[:10])
+                log.warning(
+                    "backend %s lists %d models outside its models setting, ignored: %s%s",
+                    backend.name,
+                    len(names),
+                    shown,
+                    " ..." if len(names) > 10 else "",
+                )
         try:
             backend.set_loaded(await backend.client.running())
         except UpstreamError as exc:
@@ -137,16 +160,48 @@ class Fleet:
             return await asyncio.shield(self._refreshing)
         return self.state
 
+    def _say_conflicts(self) -> None:
+        """One model claimed by backends of different kinds, or by an engine's exact id and
+        Ollama's name alike: which one serves it is the catalogue's rule (Ollama's name first,
+        unless the engine's `models` claim it), but the operator should know. Said when what is
+        claimed twice changes."""
+        kinds: dict[str, set[str]] = {}
+        for backend in self.backends:
+            for key, entry in backend.models.items():
+                name = model_key(entry.name) if key.startswith("=") else key
+                kinds.setdefault(name, set()).add(backend.kind)
+        conflicts = frozenset(k for k, found in kinds.items() if len(found) > 1)
+        if conflicts != self._conflicts:
+            self._conflicts = conflicts
+            if conflicts:
+                names = sorted(conflicts)
+                log.warning(
+                    "models listed by both an Ollama backend and an OpenAI-compatible engine: %s;"
+                    " requests go to the Ollama backends unless the engine's models setting"
+                    " names them",
+                    ", ".join(printable(n, 80) for n in names[:10])
+                    + (" ..." if len(names) > 10 else ""),
+                )
+
     def find(self, name: ModelName, raw: str) -> tuple[str, TagEntry] | None:
-        """The model a request names, and its key: an engine's id exactly as written first, then
-        the name as Ollama resolves it."""
+        """The model a request names, and its key: the name as Ollama resolves it first, then an
+        engine's id exactly as written. An engine whose `models` setting claims its ids (the
+        operator's word) comes before Ollama's resolution: a backend's own listing outranks
+        nothing by itself."""
         models = self.state.models
-        if self._exact:
-            entry = models.get(key := exact_key(raw))
+        exact = exact_key(raw) if self._exact else None
+        if exact is not None and exact in self._vouched:
+            entry = models.get(exact)
             if entry is not None:
-                return key, entry
+                return exact, entry
         entry = models.get(name.key)
-        return None if entry is None else (name.key, entry)
+        if entry is not None:
+            return name.key, entry
+        if exact is not None:
+            entry = models.get(exact)
+            if entry is not None:
+                return exact, entry
+        return None
 
     async def lookup(self, name: ModelName, raw: str) -> tuple[str, TagEntry] | None:
         """`find`, looking once more if the model is unknown or every backend was down."""

@@ -4,8 +4,10 @@ server-sent events."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from secureig.errors import GatewayError, Headers, RequestError, UpstreamError, UpstreamStreamError
@@ -22,7 +24,7 @@ from secureig.surfaces._asgi import (
     respond_json,
 )
 from secureig.surfaces._forward import Call, Forwarder
-from secureig.translate import TranslationError
+from secureig.translate import RequestBounds, TranslationError, check_bounds, requested_model
 from secureig.upstream import NDJSONStream
 
 SSE_HEADERS = [
@@ -31,6 +33,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 ENDED_EARLY = "the upstream ended the stream before it finished"
+UNBOUNDED = RequestBounds(messages=2**62, content_blocks=2**62, tools=2**62)
+log = logging.getLogger("secureig")
 
 
 class EventStream(Protocol):
@@ -67,10 +71,17 @@ class TranslatingSurface:
 
     render: Render
 
-    def __init__(self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        forwarder: Forwarder,
+        max_body_bytes: int,
+        bounds: RequestBounds = UNBOUNDED,
+    ) -> None:
         self._gate = gatekeeper
         self._forwarder = forwarder
         self._limit = max_body_bytes
+        self._bounds = bounds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = exchange_of(scope)
@@ -95,18 +106,47 @@ class TranslatingSurface:
         translate: Callable[[object], Plan],
         native_path: str,
     ) -> tuple[Plan, Call]:
-        """Read and translate the body, admit the native request it became (the policy checks
-        exactly what will be sent), and route it: the plan for the answer, and the call to open."""
+        """Read the body; admit its model and count it against the key's limits; translate it,
+        and admit the native request it became (the policy checks exactly what will be sent);
+        route it. The plan for the answer, and the call to open. Nothing is translated for a
+        key that may not use the model, or that is over its limits: a translation is linear in
+        its input, but the input is the client's."""
         body = json_body(await read_body(scope, receive, self._limit))
-        try:
-            plan = translate(body)
-        except TranslationError as exc:
-            raise RequestError(exc.message, exc.param) from None
-        admission = await self._gate.admit(principal, operation, ex.ledger, plan.native)
+        with translation_errors():
+            model = requested_model(body)
+            check_bounds(body, self._bounds)
+        admission = await self._gate.admit_model(principal, operation, ex.ledger, model)
         ex.model = admission.model
+        with translation_errors():
+            plan = translate(body)
+        self._gate.admit_body(admission, ex.ledger, plan.native)
         forwarder = self._forwarder
         pinned = forwarder.pinned(scope, principal)
         return plan, forwarder.inference(admission, native_path, plan.native, plan.model, pinned)
+
+
+@contextmanager
+def translation_errors() -> Iterator[None]:
+    """A translation's refusal as the surface's 400; and any other fault in one too, logged
+    (throttled): a body the translation did not foresee is still the client's, never a 500."""
+    try:
+        yield
+    except TranslationError as exc:
+        raise RequestError(exc.message, exc.param) from None
+    except GatewayError:
+        raise
+    except Exception as exc:
+        now = time.monotonic()
+        global _fault_logged
+        if now - _fault_logged >= 60.0:
+            _fault_logged = now
+            log.exception("a request body the translation did not foresee (400 to the client)")
+        raise RequestError(
+            f"the request body could not be translated ({type(exc).__name__})"
+        ) from None
+
+
+_fault_logged = -60.0
 
 
 def json_body(body: bytes) -> object:

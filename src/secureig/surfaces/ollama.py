@@ -42,6 +42,7 @@ from secureig.surfaces._asgi import (
     respond_json,
 )
 from secureig.surfaces._forward import Forwarder, Target
+from secureig.translate import RequestBounds, TranslationError, check_bounds
 from secureig.upstream import Answer
 
 NDJSON = b"application/x-ndjson"
@@ -101,12 +102,18 @@ class OllamaSurface:
     """The ASGI callable behind `/api/*`."""
 
     def __init__(
-        self, gatekeeper: Gatekeeper, forwarder: Forwarder, max_body_bytes: int, max_blob_bytes: int
+        self,
+        gatekeeper: Gatekeeper,
+        forwarder: Forwarder,
+        max_body_bytes: int,
+        max_blob_bytes: int,
+        bounds: RequestBounds | None = None,
     ) -> None:
         self._gate = gatekeeper
         self._forwarder = forwarder
         self._limit = max_body_bytes
         self._blob_limit = max_blob_bytes
+        self._bounds = bounds
         self._background: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,6 +144,12 @@ class OllamaSurface:
         data: dict[str, Any] | None = None
         if method in ("POST", "DELETE"):
             data = parse_object(await read_body(scope, receive, self._limit))
+            if self._bounds is not None and operation is Operation.CHAT:
+                # An engine backend translates the messages: as bounded as on every API.
+                try:
+                    check_bounds(data, self._bounds)
+                except TranslationError as exc:
+                    raise RequestError(exc.message, exc.param) from None
         admission = await self._gate.admit(principal, operation, ex.ledger, data)
         ex.model = admission.model or ex.model
 

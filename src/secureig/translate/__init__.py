@@ -1,5 +1,6 @@
 """Translations between client-facing API shapes and the native Ollama API."""
 
+from secureig.translate._common import requested_model
 from secureig.translate.anthropic import (
     MessagesPlan,
     MessagesStream,
@@ -7,6 +8,7 @@ from secureig.translate.anthropic import (
     messages_request,
 )
 from secureig.translate.anthropic import error_body as anthropic_error
+from secureig.translate.bounds import RequestBounds, check_bounds
 from secureig.translate.openai import (
     SSE_DONE,
     ChatPlan,
@@ -43,12 +45,14 @@ __all__ = [
     "EmbeddingsPlan",
     "MessagesPlan",
     "MessagesStream",
+    "RequestBounds",
     "ResponsesPlan",
     "ResponsesStream",
     "TranslationError",
     "anthropic_error",
     "chat_request",
     "chat_response",
+    "check_bounds",
     "completion_request",
     "completion_response",
     "embeddings_request",
@@ -59,6 +63,7 @@ __all__ = [
     "model_object",
     "models_list",
     "new_id",
+    "requested_model",
     "response_object",
     "responses_request",
     "sse",

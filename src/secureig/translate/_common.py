@@ -64,6 +64,11 @@ def model_field(body: dict[str, Any]) -> str:
     return model
 
 
+def requested_model(body: object) -> str:
+    """The model a body asks for, before anything else in it is looked at."""
+    return model_field(body_object(body))
+
+
 def boolean(body: dict[str, Any], key: str) -> bool | None:
     value = body.get(key)
     if value is None or isinstance(value, bool):
@@ -147,14 +152,30 @@ def tool_arguments(raw: Any, param: str = "messages") -> dict[str, Any]:
     raise TranslationError("invalid tool call arguments", param)
 
 
-def tool_name_for(history: list[dict[str, Any]], call_id: str) -> str | None:
-    # Newest first, so a reused call id resolves to its latest call ("last one wins", as Ollama).
-    for message in reversed(history):
-        for call in message.get("tool_calls", ()):
-            if call.get("id") == call_id:
-                name: str = call["function"]["name"]
-                return name
-    return None
+class History:
+    """The native messages a translation has made so far, and the tool each call id names, so
+    that a tool result finds its tool in constant time (a walk back through the history for
+    each result made a long conversation cost its square). A reused id names its latest call:
+    "last one wins", as Ollama."""
+
+    __slots__ = ("_names", "messages")
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._names: dict[str, str] = {}
+
+    def append(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def called(self, calls: list[dict[str, Any]]) -> None:
+        """Native tool calls just made, `{"id", "function": {"name"}}`."""
+        for call in calls:
+            call_id = call.get("id")
+            if call_id:
+                self._names[call_id] = call["function"]["name"]
+
+    def tool_name(self, call_id: str) -> str | None:
+        return self._names.get(call_id)
 
 
 def reasoning_effort(body: dict[str, Any]) -> bool | str | None:

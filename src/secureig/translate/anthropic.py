@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secureig.translate._common import (
+    History,
     TranslationError,
     base64_data,
     body_object,
@@ -22,7 +23,6 @@ from secureig.translate._common import (
     shown_value,
     text_of,
     token_count,
-    tool_name_for,
 )
 
 __all__ = [
@@ -98,9 +98,7 @@ def _image(block: dict[str, Any], where: str) -> str:
     return base64_data(data, f"{where}: invalid base64 image data", "messages")
 
 
-def _tool_result(
-    block: dict[str, Any], where: str, history: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _tool_result(block: dict[str, Any], where: str, history: History) -> dict[str, Any]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError(f"{where}: a tool_result needs its 'tool_use_id'")
@@ -125,7 +123,7 @@ def _tool_result(
     else:
         raise TranslationError(f"{where}: a tool_result's content must be a string or blocks")
     native: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": call_id}
-    name = tool_name_for(history, call_id)
+    name = history.tool_name(call_id)
     if name:
         native["tool_name"] = name
     if images:
@@ -147,7 +145,7 @@ def _tool_use(block: dict[str, Any], where: str) -> dict[str, Any]:
     return call
 
 
-def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
+def _message(raw: Any, index: int, history: History) -> None:
     """One Anthropic message -> native messages appended to `history`: a user turn's tool
     results become tool messages first, in their order, then its text and images."""
     where = f"messages.{index}"
@@ -199,6 +197,7 @@ def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
         native["thinking"] = "\n".join(thinking)
     if calls:
         native["tool_calls"] = calls
+        history.called(calls)
     history.append(native)
 
 
@@ -306,7 +305,7 @@ def messages_request(body: object, *, counting: bool = False) -> MessagesPlan:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise TranslationError("messages: must be a non-empty list of messages")
-    history: list[dict[str, Any]] = []
+    history = History()
     system = body.get("system")
     if system is not None:
         text = _text_blocks(system, "system")
@@ -341,7 +340,7 @@ def messages_request(body: object, *, counting: bool = False) -> MessagesPlan:
 
     native: dict[str, Any] = {
         "model": model,
-        "messages": history,
+        "messages": history.messages,
         "stream": stream,
         "options": options,
     }

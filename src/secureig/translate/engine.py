@@ -11,6 +11,7 @@ no OpenAI equivalent (a raw template, a suffix, a context array) is refused.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -93,13 +94,44 @@ def _arguments(value: Any) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
+class _OpenCalls:
+    """Tool calls not answered yet, in order, and by tool: each lookup and each answer costs
+    the same however long the conversation (a search and a removal in one list per tool
+    result cost its square)."""
+
+    __slots__ = ("_by_name", "_order", "_serial")
+
+    def __init__(self) -> None:
+        self._order: dict[int, str] = {}  # serial -> call id, oldest first
+        self._by_name: dict[str, deque[int]] = {}
+        self._serial = 0
+
+    def add(self, call_id: str, name: str) -> None:
+        self._serial += 1
+        self._order[self._serial] = call_id
+        self._by_name.setdefault(name, deque()).append(self._serial)
+
+    def answer(self, name: str | None) -> str | None:
+        """The call id a result of this tool answers: its oldest open call, or the oldest open
+        call of any tool; None when every call was answered."""
+        queue = self._by_name.get(name) if name is not None else None
+        while queue:
+            serial = queue.popleft()
+            if serial in self._order:  # not answered meanwhile by a result naming no tool
+                return self._order.pop(serial)
+        if not self._order:
+            return None
+        serial = next(iter(self._order))
+        return self._order.pop(serial)
+
+
 def _messages(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise EngineError("messages must be a list", "messages")
     out: list[dict[str, Any]] = []
     # Native tool results name their tool; OpenAI's name the call. Calls get ids in order and each
-    # result takes the oldest unanswered call of its tool.
-    open_calls: list[tuple[str, str]] = []
+    # result takes the oldest unanswered call of its tool (or, naming none, the oldest of all).
+    open_calls = _OpenCalls()
     serial = 0
     for index, message in enumerate(raw):
         if not isinstance(message, dict):
@@ -115,6 +147,8 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             "content": _content(message.get("content"), message.get("images")),
         }
         if role == "assistant" and message.get("tool_calls"):
+            if not isinstance(message["tool_calls"], list):
+                raise EngineError(f"messages[{index}].tool_calls must be a list", "messages")
             calls = []
             for call in message["tool_calls"]:
                 function = call.get("function") if isinstance(call, dict) else None
@@ -124,7 +158,7 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
                     )
                 serial += 1
                 call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{serial}"
-                open_calls.append((call_id, function["name"]))
+                open_calls.add(call_id, function["name"])
                 calls.append(
                     {
                         "id": call_id,
@@ -140,12 +174,9 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
                 item["content"] = None
         elif role == "tool":
             name = message.get("tool_name") or message.get("name")
-            found = next((c for c in open_calls if c[1] == name), None)
-            if found is None and open_calls:
-                found = open_calls[0]
+            found = open_calls.answer(name if isinstance(name, str) else None)
             if found is not None:
-                open_calls.remove(found)
-                item["tool_call_id"] = found[0]
+                item["tool_call_id"] = found
             else:
                 serial += 1
                 item["tool_call_id"] = f"call_{serial}"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from secureig.translate._common import (
+    History,
     TranslationError,
     base64_data,
     body_object,
@@ -28,7 +29,6 @@ from secureig.translate._common import (
     text_of,
     token_count,
     tool_arguments,
-    tool_name_for,
 )
 from secureig.untrusted import shown
 
@@ -205,7 +205,7 @@ def _tool_calls_in(raw: Any, where: str) -> list[dict[str, Any]]:
     return calls
 
 
-def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _message(raw: Any, index: int, history: History) -> dict[str, Any]:
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise TranslationError(f"{where} must be an object", "messages")
@@ -243,11 +243,12 @@ def _message(raw: Any, index: int, history: list[dict[str, Any]]) -> dict[str, A
             native["thinking"] = reasoning
         if calls:
             native["tool_calls"] = calls
+            history.called(calls)
     elif role == "tool":
         name = raw.get("name")
         call_id = raw.get("tool_call_id")
         if not isinstance(name, str) or not name:
-            name = tool_name_for(history, call_id) if isinstance(call_id, str) else None
+            name = history.tool_name(call_id) if isinstance(call_id, str) else None
         if name:
             native["tool_name"] = name
         if isinstance(call_id, str) and call_id:
@@ -261,10 +262,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise TranslationError("'messages' must be a list of messages", "messages")
     if not raw:
         raise TranslationError("[] is too short - 'messages'", "messages")
-    history: list[dict[str, Any]] = []
+    history = History()
     for index, message in enumerate(raw):
         history.append(_message(message, index, history))
-    return history
+    return history.messages
 
 
 def _format(body: dict[str, Any]) -> Any:

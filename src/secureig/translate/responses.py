@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secureig.translate._common import (
+    History,
     TranslationError,
     body_object,
     boolean,
@@ -24,7 +25,6 @@ from secureig.translate._common import (
     text_of,
     token_count,
     tool_arguments,
-    tool_name_for,
 )
 
 __all__ = ["ResponsesPlan", "ResponsesStream", "response_object", "responses_request"]
@@ -81,17 +81,23 @@ def _content(raw: Any, where: str) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _last_assistant(history: list[dict[str, Any]]) -> dict[str, Any]:
+# Reasoning items' texts, gathered on their turn under this key and joined once at the end: a
+# string grown by concatenation item after item costs the square of its length.
+_THOUGHTS = "\0thoughts"
+
+
+def _last_assistant(history: History) -> dict[str, Any]:
     """The assistant turn a function call or reasoning item belongs to: the last message, when
     it is an assistant's that no tool answered yet; otherwise a new, empty one."""
-    if history and history[-1]["role"] == "assistant":
-        return history[-1]
+    messages = history.messages
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]
     turn: dict[str, Any] = {"role": "assistant", "content": ""}
     history.append(turn)
     return turn
 
 
-def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
+def _item(raw: Any, index: int, history: History) -> None:
     where = f"input[{index}]"
     if not isinstance(raw, dict):
         raise TranslationError(f"{where} must be an object", "input")
@@ -105,8 +111,9 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
         native: dict[str, Any] = {"role": role, "content": text}
         if images:
             native["images"] = images
-        if role == "assistant" and history and history[-1].get("role") == "assistant":
-            previous = history[-1]
+        messages = history.messages
+        if role == "assistant" and messages and messages[-1].get("role") == "assistant":
+            previous = messages[-1]
             if not previous.get("tool_calls") and not previous["content"]:
                 previous["content"] = text  # the answer after its own reasoning item
                 return
@@ -120,6 +127,7 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
             "function": {"name": name, "arguments": tool_arguments(raw.get("arguments"), "input")},
         }
         _last_assistant(history).setdefault("tool_calls", []).append(call)
+        history.called([call])
     elif kind == "function_call_output":
         call_id = raw.get("call_id")
         if not isinstance(call_id, str) or not call_id:
@@ -127,7 +135,7 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
         output = raw.get("output")
         text, images = _content(output if output is not None else "", where)
         native = {"role": "tool", "content": text, "tool_call_id": call_id}
-        name = tool_name_for(history, call_id)
+        name = history.tool_name(call_id)
         if name:
             native["tool_name"] = name
         if images:
@@ -142,8 +150,7 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
             parts.extend(given or ())
         text, _ = _content(parts, where)
         if text:
-            turn = _last_assistant(history)
-            turn["thinking"] = (turn.get("thinking", "") + "\n" + text).strip("\n")
+            _last_assistant(history).setdefault(_THOUGHTS, []).append(text)
     elif kind == "item_reference":
         raise TranslationError(
             f"{where}: item references need stored responses; this gateway stores none", "input"
@@ -153,7 +160,7 @@ def _item(raw: Any, index: int, history: list[dict[str, Any]]) -> None:
 
 
 def _input(body: dict[str, Any]) -> list[dict[str, Any]]:
-    history: list[dict[str, Any]] = []
+    history = History()
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
@@ -168,7 +175,11 @@ def _input(body: dict[str, Any]) -> list[dict[str, Any]]:
             _item(item, index, history)
     else:
         raise TranslationError("'input' must be a string or a non-empty list of items", "input")
-    return history
+    for message in history.messages:
+        thoughts = message.pop(_THOUGHTS, None)
+        if thoughts:
+            message["thinking"] = "\n".join(thoughts).strip("\n")
+    return history.messages
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:

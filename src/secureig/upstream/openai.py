@@ -9,6 +9,7 @@ Management has no meaning here: the forwarder refuses it before anything is sent
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterable
@@ -36,6 +37,7 @@ from secureig.upstream.client import Loaded, PooledClient, TagEntry
 from secureig.upstream.connections import HTTPError, Response, Timeouts
 from secureig.upstream.lines import LineSplitter, LineTooLong
 
+log = logging.getLogger("secureig.upstream")
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 _NDJSON = "application/x-ndjson"
 _JSON = "application/json"
@@ -150,7 +152,15 @@ class EngineAnswer:
                 event = orjson.loads(data)
             except ValueError:
                 raise UpstreamStreamError("the engine sent an event that is not JSON") from None
-            out += stream.feed(event)
+            try:
+                out += stream.feed(event)
+            except EngineError:
+                raise
+            except Exception as exc:
+                _unforeseen("an event")
+                raise UpstreamStreamError(
+                    f"the engine sent an event the gateway cannot read ({type(exc).__name__})"
+                ) from None
         return b"".join(orjson.dumps(item) + b"\n" for item in out)
 
     async def read(self) -> bytes:
@@ -174,10 +184,28 @@ class EngineAnswer:
             raise UpstreamStreamError("the engine sent an answer that is not JSON") from None
         except EngineError as exc:
             raise UpstreamStreamError(exc.message) from None
+        except Exception as exc:
+            _unforeseen("an answer")
+            raise UpstreamStreamError(
+                f"the engine sent an answer the gateway cannot read ({type(exc).__name__})"
+            ) from None
         return orjson.dumps(native)
 
     async def error_message(self) -> str:
         return await error_message(self._response)
+
+
+_unforeseen_at = -60.0
+
+
+def _unforeseen(what: str) -> None:
+    """A translation fault nobody foresaw: the traceback in the log, a minute apart at most (a
+    client or an engine may cause it at will)."""
+    global _unforeseen_at
+    now = time.monotonic()
+    if now - _unforeseen_at >= 60.0:
+        _unforeseen_at = now
+        log.exception("translating %s for an OpenAI-compatible engine failed", what)
 
 
 class EngineExchange:
@@ -216,6 +244,12 @@ class EngineExchange:
             plan = engine_request(path, native, str(native.get("model") or ""))
         except EngineError as exc:
             raise InvalidRequest(exc.message, exc.param) from None
+        except Exception as exc:
+            # A body the translation did not foresee is still the client's: a 400, never a 500.
+            _unforeseen("a request")
+            raise InvalidRequest(
+                f"the request could not be translated for this backend ({type(exc).__name__})"
+            ) from None
         if plan.load_only:
             return _fixed(load_answer(plan), stream=plan.stream)
         started = time.perf_counter()
