@@ -37,7 +37,9 @@ class Behaviour:
     `long-line`: an NDJSON answer of `good_lines` token lines, then a line that never ends, `total`
     bytes in `chunk`-byte pieces.
     `huge-answer`: an `application/json` answer of `total` bytes, never complete JSON.
-    `lines`: `total` ordinary NDJSON token lines, then a final line with counts.
+    `lines`: `total` ordinary NDJSON token lines, then a final line with counts
+    (`prompt_count` and `eval_count`, `total` when None: a hostile backend may say anything).
+    `fixed`: one whole answer, `status`, `content_type` and `body` as given.
     """
 
     kind: str = "lines"
@@ -45,6 +47,11 @@ class Behaviour:
     chunk: int = 64 * 1024
     good_lines: int = 0
     path: str | None = None  # misbehave on this path only; others get three good lines
+    prompt_count: object = 3
+    eval_count: object = None
+    status: int = 200
+    content_type: str = "application/json"
+    body: bytes = b"{}"
 
 
 class HostileBackend:
@@ -135,6 +142,14 @@ class HostileBackend:
         await writer.drain()
 
     async def _misbehave(self, writer: asyncio.StreamWriter, b: Behaviour) -> None:
+        if b.kind == "fixed":
+            head = (
+                f"HTTP/1.1 {b.status} Whatever\r\nContent-Type: {b.content_type}\r\n"
+                f"Content-Length: {len(b.body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + b.body)
+            await writer.drain()
+            return
         ctype = "application/json" if b.kind == "huge-answer" else "application/x-ndjson"
         head = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
         writer.write(head.encode())
@@ -144,8 +159,8 @@ class HostileBackend:
                 line = {"model": MODEL, "message": {"role": "assistant", "content": f"t{i} "}}
                 await self._chunk(writer, json.dumps(line).encode() + b"\n")
             if b.kind == "lines":
-                final = {"model": MODEL, "done": True, "prompt_eval_count": 3}
-                final["eval_count"] = b.total
+                final = {"model": MODEL, "done": True, "prompt_eval_count": b.prompt_count}
+                final["eval_count"] = b.total if b.eval_count is None else b.eval_count
                 await self._chunk(writer, json.dumps(final).encode() + b"\n")
             else:
                 first = b'{"model":"' + MODEL.encode() + b'","message":{"content":"'

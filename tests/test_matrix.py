@@ -30,6 +30,7 @@ class Route:
     # "disallowed", which may only use mistral)
     expect: dict[str, int]
     forwarded: bool = True  # False: the upstream must never see this path, whoever asks
+    headers: dict[str, str] | None = None
 
 
 def _expect(
@@ -42,6 +43,8 @@ def _expect(
 
 
 GEN = {"model": "llama2", "prompt": "hi", "stream": False}
+WEBSOCKET = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
 CHAT = {"model": "llama2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
 ROUTES = [
@@ -108,6 +111,15 @@ ROUTES = [
           {"model": "llama2", "messages": [{"role": "user", "content": "hi"}]},
           _expect(200, 403, 403, 200), forwarded=False),
     Route("openai", "GET", "/v1/models/llama2:latest", None, _expect(200, 403, 200, 200)),
+    # The listener refuses every WebSocket upgrade before any key is read (Codex tries one on
+    # /v1/responses and falls back to HTTP on the 426).
+    Route("listener", "GET", "/v1/responses", None, _expect(426, 426, 426, 426, anon=426),
+          forwarded=False, headers=WEBSOCKET),
+    Route("listener", "GET", "/api/chat", None, _expect(426, 426, 426, 426, anon=426),
+          forwarded=False, headers=WEBSOCKET),
+    # No API docs page: FastAPI's load their scripts from a CDN.
+    Route("ops", "GET", "/docs", None, _expect(404, 404, 404, 404, anon=404), forwarded=False),
+    Route("ops", "GET", "/redoc", None, _expect(404, 404, 404, 404, anon=404), forwarded=False),
 ]  # fmt: skip
 
 
@@ -133,6 +145,7 @@ def matrix(
 
 def _send(url: str, route: Route, key: str | None) -> httpx.Response:
     headers = {"X-API-KEY": key} if key is not None else {}
+    headers.update(route.headers or {})
     kwargs: dict[str, Any] = {"headers": headers, "timeout": 30}
     if isinstance(route.body, bytes):
         kwargs["content"] = route.body
@@ -144,14 +157,14 @@ def _send(url: str, route: Route, key: str | None) -> httpx.Response:
 def _assert_shape(route: Route, response: httpx.Response) -> None:
     if route.method == "HEAD":
         return
-    if route.surface == "seed":
+    if route.surface in ("seed", "listener"):
         assert response.headers["content-type"] == "text/plain; charset=utf-8"
         assert response.text
         return
     if response.status_code < 400:
         return
     body = response.json()
-    if route.surface == "ollama":
+    if route.surface in ("ollama", "ops"):
         assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
     elif route.surface == "anthropic":
         assert set(body) == {"type", "error"} and body["type"] == "error"
@@ -190,7 +203,9 @@ def test_route_matrix(
         assert forwarded == [], forwarded
     if not route.forwarded:
         assert route.path not in [r.path for r in standin.requests], route.path
-    assert "server-timing" in response.headers
+    if route.surface != "listener":  # the listener answers before the application runs
+        assert "server-timing" in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_refusals_do_not_depend_on_whether_the_model_exists(

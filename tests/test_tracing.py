@@ -62,6 +62,8 @@ class Receiver:
                         "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
                         "kind": span.kind, "attributes": attributes, "service": service,
                         "status": span.status.code,
+                        "links": [(link.trace_id.hex(), link.span_id.hex())
+                                  for link in span.links],
                     })  # fmt: skip
 
     def __enter__(self) -> Receiver:
@@ -97,9 +99,10 @@ def test_each_request_is_a_span_with_its_upstream_call_as_a_child(
 
     server = next(s for s in receiver.spans if s["attributes"].get("http.route") == "chat")
     upstream = next(s for s in receiver.spans if s["parent"] == server["span_id"])
-    # The client's trace goes on through the gateway and on to the backend.
-    assert server["trace_id"] == upstream["trace_id"] == client_trace
-    assert server["parent"] == "b7ad6b7169203331"
+    # The gateway's own trace, linked to the client's: the backend sees the gateway's.
+    assert server["trace_id"] == upstream["trace_id"] != client_trace
+    assert server["parent"] == ""
+    assert server["links"] == [(client_trace, "b7ad6b7169203331")]
     assert server["name"] == "chat llama2:latest"
     attributes = server["attributes"]
     assert attributes["gen_ai.operation.name"] == "chat"
@@ -115,10 +118,38 @@ def test_each_request_is_a_span_with_its_upstream_call_as_a_child(
 
     sent = standin.requests_to("/api/chat")[-1]
     traceparent = sent.header("traceparent")
-    assert traceparent == f"00-{client_trace}-{upstream['span_id']}-01", traceparent
+    assert traceparent is not None
+    assert traceparent[:-3] == f"00-{server['trace_id']}-{upstream['span_id']}", traceparent
+    assert int(traceparent[-2:], 16) & 1, traceparent  # sampled
     # Neither the key nor the prompt went anywhere near the collector.
     everything = b"".join(receiver.bodies)
     assert key.encode() not in everything and prompt.encode() not in everything
+
+
+def test_a_client_cannot_keep_its_requests_out_of_traces_or_speak_to_backends(
+    deployment: Deployment, standin: OllamaStandIn, receiver: Receiver
+) -> None:
+    key = deployment.cli.create_key("sneaky")
+    gateway = deployment.gateway(otel_endpoint=receiver.url)
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    answer = httpx.post(
+        gateway.url + "/api/generate",
+        headers={"X-API-KEY": key, "traceparent": unsampled, "tracestate": "vendor=evil"},
+        json={"model": "llama2", "prompt": "hidden?", "stream": False},
+    )
+    assert answer.status_code == 200
+    # Recorded and exported all the same, in a trace of the gateway's own.
+    assert wait_until(
+        lambda: any(s["attributes"].get("http.route") == "generate" for s in receiver.spans),
+        timeout=10,
+    ), receiver.spans
+    server = next(s for s in receiver.spans if s["attributes"].get("http.route") == "generate")
+    assert server["trace_id"] != "0af7651916cd43dd8448eb211c80319c"
+    sent = standin.requests_to("/api/generate")[-1]
+    traceparent = sent.header("traceparent") or ""
+    assert traceparent.startswith(f"00-{server['trace_id']}-"), traceparent
+    assert int(traceparent[-2:], 16) & 1, traceparent  # sampled, whatever the client said
+    assert sent.header("tracestate") is None
 
 
 def test_refusals_and_failures_are_spans_too(

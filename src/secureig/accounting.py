@@ -27,9 +27,10 @@ class Accounting:
         if ex.model is None:
             ex.model = ledger.model  # the name the policy parsed: valid, so bounded
         status = ex.status or 499
-        if status == 499 or ex.outcome is not None or (status == 200 and ledger.chunks):
-            # Cut short (the client left, or the upstream broke off) before the final counts:
-            # what was forwarded is charged all the same.
+        if status == 499 or ex.outcome is not None or (status == 200 and not ledger.reported):
+            # Cut short (the client left, or the upstream broke off) before the final counts, or
+            # answered without counts that can be counts: what was forwarded is charged all the
+            # same, and the prompt estimated.
             ledger.charge_unreported()
         try:
             await self._gate.settle(ledger)

@@ -380,6 +380,10 @@ def _api(gateway: Gateway) -> FastAPI:
         title="secureig",
         version=__version__,
         description="Secure Inference Gateway: keys, scopes and limits in front of Ollama.",
+        # FastAPI's /docs and /redoc pages load scripts from a CDN at a floating version: no
+        # third-party script may run on the console's origin. /openapi.json is served.
+        docs_url=None,
+        redoc_url=None,
     )
     api.include_router(ops_router(gateway))
     api.include_router(
@@ -479,6 +483,8 @@ class GatewayApp:
                     *(ticket.headers if ticket is not None else ()),
                     (b"server-timing", exchange.server_timing()),
                     (b"x-request-id", rid),
+                    # No answer is ever to be read as anything but the type it declares.
+                    (b"x-content-type-options", b"nosniff"),
                 ]
             await send(message)
 

@@ -26,6 +26,10 @@
 Surfaces raise and catch these; each only renders them in its own shape (plain text, Ollama's
 `{"error"}`, OpenAI's envelope), from `status` and, where its clients tell errors apart by kind,
 from the class. Nothing else in the gateway picks a status for a failure.
+
+An UpstreamError's `message` may name backends and quote their own words; a key without the
+admin scope reads its `public()` reason instead (`surfaces._asgi.for_client`), and the detail
+goes to the log and to `/admin/backends`.
 """
 
 from __future__ import annotations
@@ -149,20 +153,30 @@ class UpstreamError(GatewayError):
     """Anything that kept a backend from answering as asked."""
 
     status = 502
+    reason = "the backend could not answer"
+
+    def public(self) -> str:
+        """What any key may read: no backend's name, address or words."""
+        return self.reason
 
 
 class UpstreamUnavailable(UpstreamError):
     """No backend could be reached (refused, unresolvable, reset before answering)."""
 
+    reason = "no backend could be reached"
+
 
 class UpstreamDown(UpstreamUnavailable):
     """No model list could be had: every backend is unreachable."""
+
+    reason = "no models available: no backend can be reached"
 
 
 class UpstreamBusy(UpstreamError):
     """Every candidate backend is at its cap or said it is busy, for longer than a request waits."""
 
     status = 503
+    reason = "every backend that serves this model is busy; try again shortly"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message, headers=[_retry_after(retry_after)])
@@ -173,6 +187,7 @@ class UpstreamTimeout(UpstreamError):
     """The backend did not connect or answer within the configured timeouts."""
 
     status = 504
+    reason = "the backend did not answer in time"
 
 
 class UpstreamStatusError(UpstreamError):
@@ -183,13 +198,26 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(message)
         self.status = status
 
+    def public(self) -> str:
+        # A 400 is about the request (a model without tools, options it cannot take): its
+        # words are the client's to read. Any other status is about the backend.
+        if self.status == 400:
+            return self.message
+        if self.status < 500:
+            return f"the backend refused the request ({self.status})"
+        return f"the backend failed ({self.status})"
+
 
 class UpstreamStreamError(UpstreamError):
     """The backend broke off, or reported an error, after its answer had started."""
 
+    reason = "the backend broke off its answer"
+
 
 class UpstreamTooLarge(UpstreamError):
     """The backend sent a line, or an answer held whole, larger than the gateway accepts."""
+
+    reason = "the backend sent more than the gateway accepts"
 
     @classmethod
     def answer(cls, limit: int) -> UpstreamTooLarge:

@@ -211,6 +211,7 @@ def _response(status: int, message: str) -> bytes:
     body = message.encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"x-content-type-options: nosniff\r\n"
         b"content-length: %d\r\nconnection: close\r\n\r\n" % (status, _REASONS[status], len(body))
     ) + body
 
@@ -224,6 +225,7 @@ async def _refuse_head(scope: Scope, receive: Receive, send: Send) -> None:
             "status": _TOO_LARGE,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
+                (b"x-content-type-options", b"nosniff"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
             ],

@@ -75,6 +75,7 @@ class Tracing:
     def __init__(self, endpoint: str) -> None:
         try:
             from opentelemetry import trace
+            from opentelemetry.context import Context
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
@@ -105,18 +106,24 @@ class Tracing:
         self._tracer = self._provider.get_tracer("secureig", __version__)
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()
+        self._root = Context()  # no parent, whatever context a task happens to run in
         self.endpoint = endpoint
 
     def request(self, method: str, headers: list[tuple[bytes, bytes]]) -> Span:
-        """The request's span, a child of the client's own trace when it sent a traceparent."""
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in headers
-            if name in (b"traceparent", b"tracestate")
-        }
-        parent = self._propagator.extract(carrier) if carrier else None
+        """The request's span: the root of a trace of the gateway's own, always recorded. The
+        client's traceparent, when it sent one, is a link to that trace, not its parent: a
+        client must not keep its requests out of the traces (an unsampled flag) nor hand the
+        backends a tracestate of its choosing."""
+        links = []
+        for name, value in headers:
+            if name == b"traceparent":
+                carried = self._propagator.extract({"traceparent": value.decode("latin-1")})
+                context = self._trace.get_current_span(carried).get_span_context()
+                if context.is_valid:
+                    links.append(self._trace.Link(context))
+                break
         return self._tracer.start_span(
-            method, context=parent, kind=self._trace.SpanKind.SERVER,
+            method, context=self._root, kind=self._trace.SpanKind.SERVER, links=links,
             attributes={"http.request.method": method},
         )  # fmt: skip
 

@@ -98,32 +98,7 @@ def apply_clamps(
     principal: Principal, operation: Operation, body: dict[str, Any], policy: ClampPolicy
 ) -> None:
     """Rewrite `body` in place so that it asks no more than the key may."""
-    options = body.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise ClampError("options must be an object")
-    options = {k: v for k, v in options.items() if v is not None} if options else {}
-    for name, value in options.items():
-        kind = OPTION_TYPES.get(name)
-        if kind is not None and not _valid_option(kind, value):
-            raise ClampError(f"options.{name} must be {kind}")
-    if not principal.is_admin:
-        for name in LOAD_TIME_OPTIONS.intersection(options) | (options.keys() - OPTION_TYPES):
-            del options[name]
-        if "num_ctx" in options and principal.max_num_ctx is None:
-            del options["num_ctx"]
-    if principal.max_num_ctx is not None and "num_ctx" in options:
-        num_ctx = options["num_ctx"]
-        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool):
-            raise ClampError("options.num_ctx must be an integer")
-        options["num_ctx"] = min(num_ctx, principal.max_num_ctx)
-    if principal.max_num_predict is not None and operation in (Operation.GENERATE, Operation.CHAT):
-        asked = options.get("num_predict", -1)
-        if not isinstance(asked, int) or isinstance(asked, bool):
-            raise ClampError("options.num_predict must be an integer")
-        # -1 (and -2) mean "until done" to Ollama: unbounded is exactly what the maximum limits.
-        options["num_predict"] = (
-            principal.max_num_predict if asked < 0 else min(asked, principal.max_num_predict)
-        )
+    options = _clamped(principal, operation, body.get("options"), "options")
     if options:
         body["options"] = options
     else:
@@ -135,6 +110,51 @@ def apply_clamps(
 
     if "keep_alive" in body and not principal.is_admin:
         _clamp_keep_alive(operation, body, policy)
+
+
+def clamp_parameters(principal: Principal, body: dict[str, Any]) -> None:
+    """`/api/create`'s `parameters` become the defaults every request to the new model runs
+    with: they may ask no more than the key could ask per request."""
+    if "parameters" not in body:
+        return
+    parameters = _clamped(principal, Operation.CREATE, body["parameters"], "parameters")
+    if parameters:
+        body["parameters"] = parameters
+    else:
+        del body["parameters"]
+
+
+def _clamped(
+    principal: Principal, operation: Operation, given: object, where: str
+) -> dict[str, Any]:
+    """Options (or a created model's parameters) as this key may set them."""
+    if given is not None and not isinstance(given, dict):
+        raise ClampError(f"{where} must be an object")
+    options = {k: v for k, v in given.items() if v is not None} if given else {}
+    for name, value in options.items():
+        kind = OPTION_TYPES.get(name)
+        if kind is not None and not _valid_option(kind, value):
+            raise ClampError(f"{where}.{name} must be {kind}")
+    if not principal.is_admin:
+        for name in LOAD_TIME_OPTIONS.intersection(options) | (options.keys() - OPTION_TYPES):
+            del options[name]
+        if "num_ctx" in options and principal.max_num_ctx is None:
+            del options["num_ctx"]
+    if principal.max_num_ctx is not None and "num_ctx" in options:
+        num_ctx = options["num_ctx"]
+        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool):
+            raise ClampError(f"{where}.num_ctx must be an integer")
+        options["num_ctx"] = min(num_ctx, principal.max_num_ctx)
+    limited = operation in (Operation.GENERATE, Operation.CHAT, Operation.CREATE)
+    if principal.max_num_predict is not None and limited:
+        asked = options.get("num_predict", -1)
+        if not isinstance(asked, int) or isinstance(asked, bool):
+            raise ClampError(f"{where}.num_predict must be an integer")
+        # -1 (and -2) mean "until done" to Ollama: unbounded is exactly what the maximum limits.
+        options["num_predict"] = (
+            principal.max_num_predict if asked < 0 else min(asked, principal.max_num_predict)
+        )
+    return options
 
 
 def _clamp_keep_alive(operation: Operation, body: dict[str, Any], policy: ClampPolicy) -> None:

@@ -26,7 +26,13 @@ from secureig.errors import (
     UpstreamDown,
 )
 from secureig.names import InvalidModelName, ModelName, parse_model_name
-from secureig.policy.clamps import ClampError, ClampPolicy, ClampRefused, apply_clamps
+from secureig.policy.clamps import (
+    ClampError,
+    ClampPolicy,
+    ClampRefused,
+    apply_clamps,
+    clamp_parameters,
+)
 from secureig.policy.keyring import AuthError, Keyring
 from secureig.policy.limits import Limiter, LimiterUnavailable, RateLimited, Ticket
 from secureig.policy.operations import SPECS, Operation, OperationSpec, Rule
@@ -46,9 +52,11 @@ class Ledger:
     above hands it to `admit` and settles it with `settle` once the response is over.
 
     Tokens are the upstream's own counts, which come on an answer's final line. An answer cut
-    short before it (the client left, the upstream broke off) is charged what was forwarded:
-    Ollama streams a token per line, so the lines counted in `chunks`, and a prompt estimated
-    from its text where the upstream never said; `estimated` then marks the record.
+    short before it (the client left, the upstream broke off), or one whose counts never came
+    or cannot be counts (negative, or beyond 2**31: a backend must not refund a budget), is
+    charged what was forwarded: Ollama streams a token per line, so the lines counted in
+    `chunks`, and a prompt estimated from its text where the upstream never said; `estimated`
+    then marks the record.
     """
 
     principal: Principal | None = None
@@ -61,25 +69,46 @@ class Ledger:
     estimated: bool = False
     operation: Operation | None = None
     body: dict[str, Any] | None = None  # the native body sent upstream, for an estimate
+    # A count that came but cannot be one: neither is taken on the upstream's word then.
+    untrusted: bool = False
 
     def count_tokens(self, prompt: object, completion: object) -> None:
-        """Take the upstream's own counts (prompt_eval_count, eval_count) when it reports them."""
-        if isinstance(prompt, int) and not isinstance(prompt, bool):
-            self.prompt_tokens = prompt
-            self.reported = True
-        if isinstance(completion, int) and not isinstance(completion, bool):
-            self.completion_tokens = completion
-            self.reported = True
+        """Take the upstream's own counts (prompt_eval_count, eval_count) when it reports them
+        and they can be counts."""
+        if prompt is not None or completion is not None:
+            prompt_count, completion_count = _tokens(prompt), _tokens(completion)
+            if (prompt is not None and prompt_count is None) or (
+                completion is not None and completion_count is None
+            ):
+                self.untrusted = True
+            if prompt_count is not None:
+                self.prompt_tokens = prompt_count
+            if completion_count is not None:
+                self.completion_tokens = completion_count
+            self.reported = (
+                prompt_count is not None or completion_count is not None
+            ) and not self.untrusted
 
     def charge_unreported(self) -> None:
-        """The answer ended without the upstream's counts: charge the lines it forwarded and an
-        estimate of the prompt. A no-op for answers that were counted, or that were no inference."""
+        """The answer ended without the upstream's counts (or with counts that cannot be):
+        charge the lines it forwarded and an estimate of the prompt. A no-op for answers that
+        were counted, or that were no inference."""
         if self.reported or self.operation is None:
             return
         self.completion_tokens = max(self.completion_tokens, self.chunks)
         if not self.prompt_tokens and self.body is not None:
             self.prompt_tokens = estimate_prompt_tokens(self.operation, self.body)
         self.estimated = bool(self.prompt_tokens or self.completion_tokens)
+
+
+_MAX_TOKENS = 2**31
+
+
+def _tokens(value: object) -> int | None:
+    """A token count as an upstream gives it, when it can be one."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKENS:
+        return value
+    return None
 
 
 _AUTH_MESSAGES = {
@@ -242,6 +271,11 @@ class Gatekeeper:
             _check_fields(principal, spec, body)
         admission = await self._models(principal, operation, spec, body, ledger)
         self._clamp(principal, operation, spec, body, ledger)
+        if operation is Operation.CREATE:
+            try:
+                clamp_parameters(principal, body)
+            except ClampError as exc:
+                raise InvalidRequest(str(exc), "parameters") from None
         await self._limit(principal, ledger)
         return admission
 

@@ -8,6 +8,7 @@ the session ends on its next request), until it is idle for `idle_seconds`, and 
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from secureig.store import SessionStore
 # last_seen_at is written at most this often: a busy console costs one write a minute.
 _TOUCH_EVERY = timedelta(seconds=60)
 ENDED = "the console session has ended: log in again"
+_MAX_KNOWN = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,10 @@ class ConsoleSessions:
         self._store = store
         self._idle = timedelta(seconds=idle_seconds)
         self._lifetime = timedelta(seconds=lifetime_seconds)
+        # Digests of the tokens of sessions this process has seen live: they are looked up even
+        # while their address is over the failed-auth throttle (a colleague behind the same NAT
+        # guessing keys must not lock the operator out), and only they are. Bounded.
+        self._known: OrderedDict[str, None] = OrderedDict()
 
     async def login(
         self, secret: str | None, client: Client, ledger: Ledger
@@ -56,29 +62,33 @@ class ConsoleSessions:
         now = datetime.now(UTC)
         await self._store.purge(now - self._idle, now - self._lifetime)
         token, record = await self._store.create(key_digest(secret), now)
+        self._remember(record.token_digest)
         return token, Session(principal, record.csrf, record.token_digest, self._expiry(now, now))
 
     async def resolve(self, token: str, client: Client, ledger: Ledger) -> Session:
         """The live session this token names, or Unauthenticated. A token the store does not
         hold counts against the address, as a wrong key does, so guessing costs what it does
-        with keys and a flood of made-up cookies is refused before the store is asked."""
+        with keys and a flood of made-up cookies from a throttled address is refused before the
+        store is asked. A session this process knows is live is looked up all the same."""
         address = client.address
-        self._gate.check_throttle(address)
+        if key_digest(token) not in self._known:
+            self._gate.check_throttle(address)
         record = await self._store.get(token)
         now = datetime.now(UTC)
         if record is None:
             raise self._gate.failed_authentication(address, ENDED)
         if now - record.last_seen_at > self._idle or now - record.created_at > self._lifetime:
-            await self._store.end(record.token_digest)
+            await self._end(record.token_digest)
             raise Unauthenticated(ENDED)
         try:
             principal = self._gate.keyring.holder(record.key_digest)
         except AuthError:
             principal = None
         if principal is None or not principal.is_admin:
-            await self._store.end(record.token_digest)
+            await self._end(record.token_digest)
             raise Unauthenticated(ENDED)
         self._gate.check_origin(principal, client, ENDED)
+        self._remember(record.token_digest)
         if now - record.last_seen_at > _TOUCH_EVERY:
             await self._store.touch(record.token_digest, now)
         ledger.principal = principal
@@ -91,7 +101,20 @@ class ConsoleSessions:
             raise Forbidden("a change from the console needs its CSRF token (X-CSRF-Token)")
 
     async def logout(self, session: Session) -> None:
-        await self._store.end(session.token_digest)
+        await self._end(session.token_digest)
+
+    async def _end(self, token_digest: str) -> None:
+        self._known.pop(token_digest, None)
+        await self._store.end(token_digest)
+
+    def _remember(self, token_digest: str) -> None:
+        known = self._known
+        if token_digest in known:
+            known.move_to_end(token_digest)
+            return
+        known[token_digest] = None
+        if len(known) > _MAX_KNOWN:
+            known.popitem(last=False)
 
     def _expiry(self, now: datetime, created: datetime) -> datetime:
         return min(now + self._idle, created + self._lifetime)

@@ -115,6 +115,10 @@ class Backend:
 
     def mark_busy(self, why: str) -> None:
         self.busy_until = time.monotonic() + BUSY_COOLDOWN_SECONDS
+        self.note(why)
+
+    def note(self, why: str) -> None:
+        """An error of its own, for the operator: the recent ones are in /admin/backends."""
         self.errors.append((time.time(), printable(why, 300)))
 
     def key(self, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from typing import Any
 
 import orjson
 
-from secureig.errors import BodyTooLarge
+from secureig.errors import BodyTooLarge, GatewayError, UpstreamError
 from secureig.policy import UNKNOWN_CLIENT, Client, Ledger
+from secureig.untrusted import printable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,6 +28,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXCHANGE = "secureig.exchange"
+log = logging.getLogger("secureig.upstream")
 JSON = b"application/json; charset=utf-8"
 
 
@@ -72,6 +75,23 @@ class Exchange:
         return (
             f"gateway;dur={own * 1000:.2f}, upstream;dur={self.upstream_seconds * 1000:.2f}"
         ).encode()
+
+
+def for_client(error: GatewayError, exchange: Exchange) -> GatewayError:
+    """The error as this request's client may read it: a backend's names and words are for
+    keys with the admin scope, and the log (`error.message` is replaced in place)."""
+    if isinstance(error, UpstreamError):
+        principal = exchange.ledger.principal
+        if principal is None or not principal.is_admin:
+            detail, error.message = error.message, error.public()
+            if detail != error.message:
+                log.info(
+                    "rid=%s %s (told the client: %s)",
+                    exchange.request_id,
+                    printable(detail, 300),
+                    error.message,
+                )
+    return error
 
 
 def client_of(scope: Scope) -> Client:

@@ -97,17 +97,18 @@ class Forwarder:
         name = header(scope, PIN_HEADER)
         if name is None:
             return None
+        # The scope first: a key that may not choose a backend learns nothing of their names.
+        if not principal.has_any_scope(_PIN_SCOPES):
+            raise Forbidden(
+                f"the key {principal.name!r} lacks the 'manage' scope that choosing a backend"
+                " with X-Secureig-Backend needs"
+            )
         backend = self.fleet.by_name.get(name.strip())
         if backend is None:
             raise RequestError(
                 f"X-Secureig-Backend names no backend {shown(name, 64)}; the backends are"
                 f" {self._names}",
                 "X-Secureig-Backend",
-            )
-        if not principal.has_any_scope(_PIN_SCOPES):
-            raise Forbidden(
-                f"the key {principal.name!r} lacks the 'manage' scope that choosing a backend"
-                " with X-Secureig-Backend needs"
             )
         return backend
 
@@ -329,6 +330,9 @@ class _Open:
             error = UpstreamStatusError(raw.status, message)
             if raw.status == 503:
                 backend.mark_busy(f"answered 503: {message}"[:300])
+            elif raw.status != 404:
+                # Its words stay with the operator (/admin/backends), not every key.
+                backend.note(f"answered {raw.status} to {call.method} {call.path}: {message}")
             if call.retry and raw.status in _RETRY_STATUSES:
                 backend.failovers += 1
                 tried, last = (*tried, backend), error

@@ -19,6 +19,7 @@ from secureig.surfaces._asgi import (
     Scope,
     Send,
     exchange_of,
+    for_client,
     parse_json,
     read_body,
     respond_json,
@@ -88,7 +89,7 @@ class TranslatingSurface:
         try:
             await self._handle(scope, receive, send, exchange)
         except GatewayError as exc:
-            status, body, headers = type(self).render(exc)
+            status, body, headers = type(self).render(for_client(exc, exchange))
             await respond_json(send, status, body, headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
@@ -193,7 +194,7 @@ async def relay(
             line = await anext(lines, None)
     except UpstreamError as exc:
         ex.outcome = "upstream-failed-mid-stream"
-        tail = events.failed(exc.message)
+        tail = events.failed(for_client(exc, ex).message)
     else:
         tail = b""
         if events.error is not None:

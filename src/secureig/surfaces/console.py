@@ -47,7 +47,6 @@ _SECURITY = [
         b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
         b" connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
-    (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]

@@ -34,6 +34,7 @@ from secureig.surfaces._asgi import (
     api_key,
     client_of,
     exchange_of,
+    for_client,
     header,
     json_bytes,
     parse_json,
@@ -121,6 +122,7 @@ class OllamaSurface:
         try:
             await self._handle(scope, receive, send, exchange)
         except GatewayError as exc:
+            exc = for_client(exc, exchange)
             await respond_json(send, exc.status, {"error": exc.message}, exc.headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
@@ -180,8 +182,9 @@ class OllamaSurface:
                 body = b"" if method == "HEAD" else await raw.read()
                 ex.upstream_seconds = time.perf_counter() - started
                 _count_tokens(ex, body)
-                content_type = raw.content_type.encode() or JSON
-                await respond(send, raw.status, body, content_type)
+                # JSON, whatever the backend says: a text/html answer served from the gateway's
+                # origin could run a script with the console's session.
+                await respond(send, raw.status, body, JSON)
         if spec.mutates and 200 <= ex.status < 300:
             self._rediscover()
 
@@ -246,7 +249,7 @@ class OllamaSurface:
         except UpstreamError as exc:
             # A partial line would break every client's JSON parser: drop it, say what happened.
             ex.outcome = "upstream-failed-mid-stream"
-            line = json_bytes({"error": exc.message}) + b"\n"
+            line = json_bytes({"error": for_client(exc, ex).message}) + b"\n"
             await send({"type": "http.response.body", "body": line, "more_body": False})
             return
         # Only the final line carries the counts; the lines before it pass through unparsed.
@@ -292,7 +295,7 @@ class OllamaSurface:
         try:
             async with self._forwarder.open(receive, ex, call) as raw:
                 answer = await raw.read()
-                await respond(send, raw.status, answer, raw.content_type.encode() or b"text/plain")
+                await respond(send, raw.status, answer, JSON)
         except UpstreamError:
             if too_large:
                 raise BodyTooLarge(limit, "blob") from None

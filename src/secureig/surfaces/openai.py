@@ -29,6 +29,7 @@ from secureig.surfaces._asgi import (
     Send,
     api_key,
     client_of,
+    for_client,
     respond_json,
 )
 from secureig.surfaces._translated import SSE_HEADERS, TranslatingSurface, whole_answer
@@ -203,7 +204,7 @@ class OpenAISurface(TranslatingSurface):
                 line = await anext(lines, None)
         except UpstreamError as exc:
             ex.outcome = "upstream-failed-mid-stream"
-            event = sse(error_body(exc.message, "server_error"))
+            event = sse(error_body(for_client(exc, ex).message, "server_error"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
         if translator.usage is not None:
@@ -220,8 +221,13 @@ class OpenAISurface(TranslatingSurface):
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _models(self, send: Send, ex: Exchange, principal: Principal) -> None:
+        # The catalogue as the health checks keep it: a listing costs the backends nothing
+        # (a round of health checks per request let 200 requests make 600). With every
+        # backend down, one look again, at most once a second, as a request for a model does.
         started = time.perf_counter()
-        state = await self._gate.catalog.refresh()
+        state = self._gate.catalog.state
+        if not state.up:
+            state = await self._gate.catalog.recheck()
         ex.upstream_seconds = time.perf_counter() - started
         if not state.up:
             raise UpstreamError(f"no models available: {state.error}")

@@ -1,4 +1,5 @@
-"""The OpenAPI description of what the plain-ASGI routes take and answer, for /docs and the fuzzer.
+"""The OpenAPI description of what the plain-ASGI routes take and answer, for /openapi.json and
+the fuzzer.
 
 The hot routes are not FastAPI routes, so nothing describes them unless this does. The bodies
 are Ollama's and OpenAI's, as far as the gateway reads them (`model` is always a model name;

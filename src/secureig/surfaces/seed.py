@@ -44,6 +44,7 @@ from secureig.surfaces._asgi import (
     api_key,
     client_of,
     exchange_of,
+    for_client,
     read_body,
     respond,
 )
@@ -139,7 +140,7 @@ class SeedSurface:
         try:
             await self._handle(scope, receive, send, exchange)
         except GatewayError as exc:
-            status, message, headers = render(exc)
+            status, message, headers = render(for_client(exc, exchange))
             await respond(send, status, message.encode(), TEXT, headers)
         except ClientGone:
             exchange.status, exchange.outcome = 499, "client-disconnected"
@@ -208,11 +209,7 @@ class SeedSurface:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [
-                    (b"content-type", TEXT),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"cache-control", b"no-store"),
-                ],
+                "headers": [(b"content-type", TEXT), (b"cache-control", b"no-store")],
             }
         )
         if first is not None:

@@ -335,9 +335,26 @@ def engine_request(native_path: str, native: dict[str, Any], model: str) -> Engi
 # Answers
 
 
-def _count(usage: Any, key: str) -> int:
+_MAX_COUNT = 2**31
+
+
+def _count(usage: Any, key: str) -> int | None:
+    """An engine's token count, when it gave one that can be one; None otherwise, so the
+    native answer carries no count and the gateway estimates rather than charging nothing."""
     value = usage.get(key) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
+
+
+def _counts(line: dict[str, Any], usage: Any) -> None:
+    for key, native in (
+        ("prompt_tokens", "prompt_eval_count"),
+        ("completion_tokens", "eval_count"),
+    ):
+        value = _count(usage, key)
+        if value is not None:
+            line[native] = value
 
 
 def _tool_calls(raw: Any) -> list[dict[str, Any]]:
@@ -413,8 +430,7 @@ def _final(
     line = _head(plan, content, thinking, tool_calls)
     line.update(done=True, done_reason=reason)
     _durations(line, timings, elapsed)
-    line["prompt_eval_count"] = _count(usage, "prompt_tokens")
-    line["eval_count"] = _count(usage, "completion_tokens")
+    _counts(line, usage)
     return line
 
 
@@ -446,7 +462,9 @@ def native_answer(plan: EnginePlan, answer: Any, elapsed: float) -> dict[str, An
             return {"embedding": vectors[0] if vectors else []}
         line: dict[str, Any] = {"model": plan.model, "embeddings": vectors}
         line["total_duration"] = int(elapsed * 1e9)
-        line["prompt_eval_count"] = _count(usage, "prompt_tokens")
+        prompt = _count(usage, "prompt_tokens")
+        if prompt is not None:
+            line["prompt_eval_count"] = prompt
         return line
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else None
