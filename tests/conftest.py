@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
+from tests.hostile import HostileBackend
 from tests.servers import OwnPostgres, OwnRedis
 from tests.standin import OllamaStandIn
 
@@ -176,6 +177,15 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.1) -
 @pytest.fixture(scope="session")
 def standin() -> Iterator[OllamaStandIn]:
     server = OllamaStandIn()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileBackend]:
+    """A hostile Ollama (tests/hostile.py); each test sets the behaviour it needs."""
+    server = HostileBackend()
     server.start()
     yield server
     server.stop()

@@ -4,7 +4,8 @@ chosen per client. For API behaviour that needs no listener."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,13 @@ async def serving(tmp: Path, **settings: Any) -> AsyncIterator[InProcess]:
         yield InProcess(app)
     finally:
         await app.gateway.stop()
+
+
+def run(tmp: Path, test: Callable[[InProcess], Awaitable[None]], **settings: Any) -> None:
+    """`test` against a gateway `serving` these settings, on an event loop of its own."""
+
+    async def main() -> None:
+        async with serving(tmp, **settings) as gateway:
+            await test(gateway)
+
+    asyncio.run(main())

@@ -7,8 +7,6 @@ give). Only the configured header is read, from the nearest hop, and the scheme 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from secureig.networks import Networks
 from secureig.policy import UNKNOWN_CLIENT
 from secureig.surfaces._asgi import EXCHANGE, Exchange
 from secureig.surfaces.forwarded import ClientAddress
-from tests.inprocess import InProcess, serving
+from tests.inprocess import InProcess, run
 from tests.standin import OllamaStandIn
 
 PROXY = "10.0.0.1"
@@ -26,16 +24,6 @@ OUTSIDE = "198.51.100.7"
 INSIDE = "192.0.2.1"
 ADMIN = "an-operators-admin-key"
 WRONG = "sig_" + "w" * 43
-
-
-def _run(
-    tmp: Path, standin: OllamaStandIn, test: Callable[[InProcess], Awaitable[None]], **settings: Any
-) -> None:
-    async def main() -> None:
-        async with serving(tmp, ollama_url=standin.url, **settings) as gateway:
-            await test(gateway)
-
-    asyncio.run(main())
 
 
 async def _status(gateway: InProcess, peer: str, key: str, path: str = "/api/version",
@@ -69,8 +57,8 @@ def test_allowed_networks_take_the_resolved_client(tmp_path: Path, standin: Olla
         # The proxy names nobody: the proxy itself is no allowed client.
         assert await _status(gateway, PROXY, ADMIN) == 403
 
-    _run(tmp_path, standin, test, trusted_proxies=[PROXY], allowed_networks=["192.0.2.0/24"],
-         admin_key=ADMIN)  # fmt: skip
+    run(tmp_path, test, ollama_url=standin.url, trusted_proxies=[PROXY],
+        allowed_networks=["192.0.2.0/24"], admin_key=ADMIN)  # fmt: skip
 
 
 def test_a_keys_allow_from_takes_the_resolved_client(
@@ -85,7 +73,7 @@ def test_a_keys_allow_from_takes_the_resolved_client(
         assert await _status(gateway, INSIDE, key) == 200
         assert await _status(gateway, PROXY, key, **{"X-Forwarded-For": INSIDE}) == 200
 
-    _run(tmp_path, standin, test, trusted_proxies=[PROXY], auth_failures_per_minute=0)
+    run(tmp_path, test, ollama_url=standin.url, trusted_proxies=[PROXY], auth_failures_per_minute=0)
 
 
 def test_the_failed_auth_throttle_counts_the_resolved_client(
@@ -107,7 +95,7 @@ def test_the_failed_auth_throttle_counts_the_resolved_client(
             401, 401, 429,
         ]  # fmt: skip
 
-    _run(tmp_path, standin, test, trusted_proxies=[PROXY], auth_failures_per_minute=2)
+    run(tmp_path, test, ollama_url=standin.url, trusted_proxies=[PROXY], auth_failures_per_minute=2)
 
 
 def test_the_bootstrap_key_serves_this_machine_directly_and_never_behind_proxies(
@@ -122,7 +110,7 @@ def test_the_bootstrap_key_serves_this_machine_directly_and_never_behind_proxies
         assert await _status(gateway, "127.0.0.1", "admin", Via="1.1 nginx") == 401
         assert await _status(gateway, OUTSIDE, "admin") == 401
 
-    _run(tmp_path / "direct", standin, direct, auth_failures_per_minute=0)
+    run(tmp_path / "direct", direct, ollama_url=standin.url, auth_failures_per_minute=0)
 
     async def proxied(gateway: InProcess) -> None:
         # A remote client through a proxy on this machine: never the bootstrap key.
@@ -132,8 +120,8 @@ def test_the_bootstrap_key_serves_this_machine_directly_and_never_behind_proxies
         assert await _status(gateway, "127.0.0.1", "admin") == 401
 
     (tmp_path / "proxied").mkdir()
-    _run(tmp_path / "proxied", standin, proxied, trusted_proxies=["127.0.0.1"],
-         auth_failures_per_minute=0)  # fmt: skip
+    run(tmp_path / "proxied", proxied, ollama_url=standin.url, trusted_proxies=["127.0.0.1"],
+        auth_failures_per_minute=0)  # fmt: skip
 
 
 def test_metrics_are_open_to_this_machine_directly_only(
@@ -147,7 +135,13 @@ def test_metrics_are_open_to_this_machine_directly_only(
         assert await _status(gateway, OUTSIDE, ADMIN, "/metrics") == 200
 
     (tmp_path / "direct").mkdir()
-    _run(tmp_path / "direct", standin, direct, admin_key=ADMIN, auth_failures_per_minute=0)
+    run(
+        tmp_path / "direct",
+        direct,
+        ollama_url=standin.url,
+        admin_key=ADMIN,
+        auth_failures_per_minute=0,
+    )
 
     async def proxied(gateway: InProcess) -> None:
         remote = {"X-Forwarded-For": "203.0.113.9"}
@@ -155,8 +149,8 @@ def test_metrics_are_open_to_this_machine_directly_only(
         assert await _status(gateway, "127.0.0.1", ADMIN, "/metrics", **remote) == 200
 
     (tmp_path / "proxied").mkdir()
-    _run(tmp_path / "proxied", standin, proxied, trusted_proxies=["127.0.0.1"],
-         admin_key=ADMIN, auth_failures_per_minute=0)  # fmt: skip
+    run(tmp_path / "proxied", proxied, ollama_url=standin.url, trusted_proxies=["127.0.0.1"],
+        admin_key=ADMIN, auth_failures_per_minute=0)  # fmt: skip
 
 
 async def _secure(gateway: InProcess, peer: str, **headers: str) -> bool:
@@ -178,7 +172,7 @@ def test_the_cookie_is_secure_by_the_nearest_hops_word_only(
         assert not await _secure(gateway, PROXY, Forwarded=f"for={INSIDE};proto=https")
         assert not await _secure(gateway, OUTSIDE, **{"X-Forwarded-Proto": "https"})
 
-    _run(tmp_path, standin, test, trusted_proxies=[PROXY], admin_key=ADMIN)
+    run(tmp_path, test, ollama_url=standin.url, trusted_proxies=[PROXY], admin_key=ADMIN)
 
 
 def test_forwarded_mode_reads_forwarded_only(tmp_path: Path, standin: OllamaStandIn) -> None:
@@ -194,8 +188,9 @@ def test_forwarded_mode_reads_forwarded_only(tmp_path: Path, standin: OllamaStan
         assert await _status(gateway, PROXY, ADMIN, **nearest) == 403
         assert not await _secure(gateway, PROXY, Forwarded=f"for={INSIDE};proto=http")
 
-    _run(tmp_path, standin, test, trusted_proxies=[PROXY], allowed_networks=["192.0.2.0/24"],
-         admin_key=ADMIN, forwarded_header="Forwarded", auth_failures_per_minute=0)  # fmt: skip
+    run(tmp_path, test, ollama_url=standin.url, trusted_proxies=[PROXY],
+        allowed_networks=["192.0.2.0/24"], admin_key=ADMIN, forwarded_header="Forwarded",
+        auth_failures_per_minute=0)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -27,14 +27,6 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileBackend]:
-    server = HostileBackend()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def bad_backend(
     tmp_path_factory: pytest.TempPathFactory, hostile: HostileBackend
 ) -> Iterator[Deployment]:

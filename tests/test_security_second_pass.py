@@ -12,8 +12,6 @@ listings that ran health rounds, 8j a backend's content type.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +23,10 @@ from secureig.policy import Ledger, Operation
 from secureig.policy.limits import LocalLimiter
 from secureig.translate.engine import engine_request, native_answer
 from tests.hostile import MODEL, Behaviour, HostileBackend
-from tests.inprocess import InProcess, serving
+from tests.inprocess import InProcess, run
 from tests.standin import OllamaStandIn
 
 ADMIN_KEY = "an-operators-admin-key"
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileBackend]:
-    server = HostileBackend()
-    server.start()
-    yield server
-    server.stop()
-
-
-def _run(tmp: Path, test: Callable[[InProcess], Awaitable[None]], **settings: Any) -> None:
-    async def main() -> None:
-        async with serving(tmp, **settings) as gateway:
-            await test(gateway)
-
-    asyncio.run(main())
 
 
 def _chat(model: str = MODEL) -> dict[str, Any]:
@@ -75,7 +57,7 @@ def test_8a_counts_that_cannot_be_counts_are_estimated_never_refunded(
         assert statuses[:3] == [200, 200, 200], statuses
         assert statuses[-1] == 429, statuses
 
-    _run(tmp_path, test, ollama_url=hostile.url)
+    run(tmp_path, test, ollama_url=hostile.url)
 
 
 # -- 8b. an OpenAI-kind engine that reports no usage was charged nothing ----------------------
@@ -121,7 +103,7 @@ def test_8c_a_live_console_session_is_served_while_its_address_is_throttled(
         async with gateway.client("192.0.2.7", Cookie="secureig_session=made-up") as guesser:
             assert (await guesser.get("/admin/keys")).status_code == 429
 
-    _run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY, auth_failures_per_minute=3)
+    run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY, auth_failures_per_minute=3)
 
 
 # -- 8d. /docs and /redoc loaded third-party scripts on the console's origin ------------------
@@ -136,7 +118,7 @@ def test_8d_no_page_loads_a_third_party_script(tmp_path: Path, standin: OllamaSt
                 assert b"cdn." not in answer.content and b"<script" not in answer.content
             assert (await client.get("/openapi.json")).status_code == 200
 
-    _run(tmp_path, test, ollama_url=standin.url)
+    run(tmp_path, test, ollama_url=standin.url)
 
 
 # -- 8e. manage keys set load-time options and num_ctx through /api/create parameters --------
@@ -177,7 +159,7 @@ def test_8e_created_models_take_only_the_parameters_the_key_could_ask(
             )
             assert bad.status_code == 400 and "parameters.num_ctx" in bad.json()["error"]
 
-    _run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY)
+    run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY)
 
 
 # -- 8g. inference keys learned backend names and backends' own words ------------------------
@@ -215,7 +197,7 @@ def test_8g_a_backends_names_and_words_are_for_admin_keys(
             east = next(b for b in backends if b["name"] == "gpu-east-7")
             assert any("svc-ollama" in error for error in east["recent_errors"])
 
-    _run(tmp_path, test, config=str(table), admin_key=ADMIN_KEY, health_interval=3600)
+    run(tmp_path, test, config=str(table), admin_key=ADMIN_KEY, health_interval=3600)
 
 
 # -- 8i. each GET /v1/models ran a health round on every backend -------------------------------
@@ -235,7 +217,7 @@ def test_8i_model_listings_are_served_from_the_fleets_state(
                 assert "llama2:latest" in {m["id"] for m in answer.json()["data"]}
         assert len(standin.requests) == before  # not one request to the backend
 
-    _run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY, health_interval=3600)
+    run(tmp_path, test, ollama_url=standin.url, admin_key=ADMIN_KEY, health_interval=3600)
 
 
 # -- 8j. a backend's text/html answer was served from the gateway's origin --------------------
@@ -255,4 +237,4 @@ def test_8j_answers_are_json_whatever_the_backend_says(
             for path in ("/api/tags", "/healthz", "/v1/models", "/metrics"):
                 assert (await client.get(path)).headers["x-content-type-options"] == "nosniff"
 
-    _run(tmp_path, test, ollama_url=hostile.url, admin_key=ADMIN_KEY)
+    run(tmp_path, test, ollama_url=hostile.url, admin_key=ADMIN_KEY)

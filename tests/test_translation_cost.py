@@ -8,7 +8,6 @@ linear: a ratio, measured in one run, with a generous bound (a square would give
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from secureig.policy.limits import LocalLimiter
 from secureig.translate import chat_request, messages_request, responses_request
 from secureig.translate.engine import engine_request
-from tests.inprocess import InProcess, serving
+from tests.inprocess import InProcess, run
 from tests.standin import OllamaStandIn
 
 N = 1500
@@ -105,14 +104,6 @@ def test_each_translation_is_linear_in_its_input(name: str) -> None:
     assert ratio < 8, f"{name}: 4x the input took {ratio:.1f}x the time"
 
 
-def _run(tmp: Path, standin: OllamaStandIn, test: Any, **settings: Any) -> None:
-    async def main() -> None:
-        async with serving(tmp, ollama_url=standin.url, **settings) as gateway:
-            await test(gateway)
-
-    asyncio.run(main())
-
-
 # One malformed body per translating API (the translation would refuse each), and where it goes.
 MALFORMED = [
     ("/v1/chat/completions", {"model": "llama2", "messages": [{"role": "wizard"}]}),
@@ -149,7 +140,7 @@ def test_the_key_model_and_limits_are_decided_before_the_translation(
                 answer = await client.post(path, json=body)
                 assert answer.status_code == 400, (path, answer.text)
 
-    _run(tmp_path, standin, test)
+    run(tmp_path, test, ollama_url=standin.url)
 
 
 def _rpm(n: int) -> Any:
@@ -194,4 +185,4 @@ def test_messages_blocks_and_tools_are_bounded(tmp_path: Path, standin: OllamaSt
             served = await client.post("/v1/chat/completions", json=fine)
             assert served.status_code == 200, served.text
 
-    _run(tmp_path, standin, test, max_messages=5, max_content_blocks=6, max_tools=2)
+    run(tmp_path, test, ollama_url=standin.url, max_messages=5, max_content_blocks=6, max_tools=2)

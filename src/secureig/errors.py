@@ -28,7 +28,8 @@ Surfaces raise and catch these; each only renders them in its own shape (plain t
 from the class. Nothing else in the gateway picks a status for a failure.
 
 An UpstreamError's `message` may name backends and quote their own words; a key without the
-admin scope reads its `public()` reason instead (`surfaces._asgi.for_client`), and the detail
+admin scope reads its `public()` text instead (`surfaces._asgi.for_client`): what was said of
+it without a backend's name or a credential it may hold, or else its class's reason. The detail
 goes to the log and to `/admin/backends`.
 """
 
@@ -150,14 +151,25 @@ class LimiterDown(Refusal):
 
 
 class UpstreamError(GatewayError):
-    """Anything that kept a backend from answering as asked."""
+    """Anything that kept a backend from answering as asked. `public`: what any key may read
+    of it, when the message itself may not be (the class's reason otherwise)."""
 
     status = 502
     reason = "the backend could not answer"
 
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        headers: Headers | None = None,
+        public: str | None = None,
+    ) -> None:
+        super().__init__(message, param, headers)
+        self._public = public
+
     def public(self) -> str:
-        """What any key may read: no backend's name, address or words."""
-        return self.reason
+        """What any key may read: no backend's name, address or credentials."""
+        return self._public if self._public is not None else self.reason
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -178,8 +190,8 @@ class UpstreamBusy(UpstreamError):
     status = 503
     reason = "every backend that serves this model is busy; try again shortly"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message, headers=[_retry_after(retry_after)])
+    def __init__(self, message: str, retry_after: int = 1, public: str | None = None) -> None:
+        super().__init__(message, headers=[_retry_after(retry_after)], public=public)
         self.retry_after = retry_after
 
 
@@ -199,13 +211,18 @@ class UpstreamStatusError(UpstreamError):
         self.status = status
 
     def public(self) -> str:
-        # A 400 is about the request (a model without tools, options it cannot take): its
-        # words are the client's to read. Any other status is about the backend.
-        if self.status == 400:
+        # A 400, 404, 429 or 503 is about the request or the load (a model without tools, a
+        # model not there, too many at once, "server busy"): its words are the client's to
+        # read. Any other status (a 401 naming a service account, a 500 with a stack trace) is
+        # about the backend.
+        if self.status in _ABOUT_THE_REQUEST:
             return self.message
         if self.status < 500:
             return f"the backend refused the request ({self.status})"
         return f"the backend failed ({self.status})"
+
+
+_ABOUT_THE_REQUEST = frozenset({400, 404, 429, 503})
 
 
 class UpstreamStreamError(UpstreamError):
@@ -218,6 +235,9 @@ class UpstreamTooLarge(UpstreamError):
     """The backend sent a line, or an answer held whole, larger than the gateway accepts."""
 
     reason = "the backend sent more than the gateway accepts"
+
+    def public(self) -> str:
+        return self.message  # the gateway's own words, of sizes only
 
     @classmethod
     def answer(cls, limit: int) -> UpstreamTooLarge:

@@ -37,13 +37,13 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from secureig.networks import Networks, parse_address
+from secureig.recent import Recent
 from secureig.surfaces._asgi import Receive, Scope, Send
 
 log = logging.getLogger("secureig.http")
@@ -105,7 +105,7 @@ class OpenConnections:
         self._handshaking: set[asyncio.Transport] = set()
         self._by_client: dict[str, int] = {}
         self._handshakes: dict[str, int] = {}
-        self._vouched: OrderedDict[str, None] = OrderedDict()
+        self._vouched = Recent(_MAX_VOUCHED)
         self._open_to_all = limits.max_connections - limits.reserved
         self.refused: dict[str, int] = {}  # by reason: connections, per-client, head-size, ...
         self._full_at = -_EXHAUSTED_FOR
@@ -167,14 +167,7 @@ class OpenConnections:
     def vouch(self, address: str) -> None:
         """This address just completed a request with a valid key: it may use the reserved
         places from now on."""
-        bucket = address if ":" not in address else client_bucket(address)
-        vouched = self._vouched
-        if bucket in vouched:
-            vouched.move_to_end(bucket)
-            return
-        vouched[bucket] = None
-        if len(vouched) > _MAX_VOUCHED:
-            vouched.popitem(last=False)
+        self._vouched.add(address if ":" not in address else client_bucket(address))
 
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1

@@ -8,7 +8,6 @@ the session ends on its next request), until it is idle for `idle_seconds`, and 
 from __future__ import annotations
 
 import hmac
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +16,7 @@ from secureig.errors import Forbidden, Unauthenticated
 from secureig.policy.engine import Gatekeeper, Ledger
 from secureig.policy.keyring import AuthError
 from secureig.policy.principal import Client, Principal
+from secureig.recent import Recent
 from secureig.store import SessionStore
 
 # last_seen_at is written at most this often: a busy console costs one write a minute.
@@ -48,7 +48,7 @@ class ConsoleSessions:
         # Digests of the tokens of sessions this process has seen live: they are looked up even
         # while their address is over the failed-auth throttle (a colleague behind the same NAT
         # guessing keys must not lock the operator out), and only they are. Bounded.
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known = Recent(_MAX_KNOWN)
 
     async def login(
         self, secret: str | None, client: Client, ledger: Ledger
@@ -62,7 +62,7 @@ class ConsoleSessions:
         now = datetime.now(UTC)
         await self._store.purge(now - self._idle, now - self._lifetime)
         token, record = await self._store.create(key_digest(secret), now)
-        self._remember(record.token_digest)
+        self._known.add(record.token_digest)
         return token, Session(principal, record.csrf, record.token_digest, self._expiry(now, now))
 
     async def resolve(self, token: str, client: Client, ledger: Ledger) -> Session:
@@ -88,7 +88,7 @@ class ConsoleSessions:
             await self._end(record.token_digest)
             raise Unauthenticated(ENDED)
         self._gate.check_origin(principal, client, ENDED)
-        self._remember(record.token_digest)
+        self._known.add(record.token_digest)
         if now - record.last_seen_at > _TOUCH_EVERY:
             await self._store.touch(record.token_digest, now)
         ledger.principal = principal
@@ -104,17 +104,8 @@ class ConsoleSessions:
         await self._end(session.token_digest)
 
     async def _end(self, token_digest: str) -> None:
-        self._known.pop(token_digest, None)
+        self._known.discard(token_digest)
         await self._store.end(token_digest)
-
-    def _remember(self, token_digest: str) -> None:
-        known = self._known
-        if token_digest in known:
-            known.move_to_end(token_digest)
-            return
-        known[token_digest] = None
-        if len(known) > _MAX_KNOWN:
-            known.popitem(last=False)
 
     def _expiry(self, now: datetime, created: datetime) -> datetime:
         return min(now + self._idle, created + self._lifetime)

@@ -347,24 +347,24 @@ class Router:
     ) -> UpstreamUnavailable:
         lone = only or self.fleet.single
         if lone is not None and not lone.up:
-            return UpstreamUnavailable(lone.why or "upstream is down")
+            return UpstreamUnavailable(lone.why or "upstream is down", public="upstream is down")
         if key is None:
-            return UpstreamUnavailable("no backend is up")
+            return UpstreamUnavailable("no backend is up", public="no backend is up")
         serving = [b for b in self.fleet.backends if key in b.models]
         down = [b for b in serving if not b.up]
         if down and len(down) == len(serving):
             whys = "; ".join(f"{b.name}: {b.why}" for b in down)
-            return UpstreamUnavailable(f"every backend serving model {model!r} is down ({whys})")
+            said = f"every backend serving model {model!r} is down"
+            return UpstreamUnavailable(f"{said} ({whys})", public=said)
         if tried:
             names = ", ".join(b.name for b in tried)
-            return UpstreamUnavailable(f"no backend could serve model {model!r} (tried {names})")
-        return UpstreamUnavailable(f"no backend that is up serves model {model!r}")
+            said = f"no backend could serve model {model!r}"
+            return UpstreamUnavailable(f"{said} (tried {names})", public=said)
+        said = f"no backend that is up serves model {model!r}"
+        return UpstreamUnavailable(said, public=said)
 
     def _busy(self, model: str, candidates: list[Backend], how: str) -> UpstreamBusy:
         names = ", ".join(b.name for b in candidates)
         retry = max(1, math.ceil(min(self.queue_timeout, 5.0))) if self.queue_timeout > 0 else 1
-        return UpstreamBusy(
-            f"every backend serving model {model!r} is at its limit of concurrent requests"
-            f" ({names}); {how}",
-            retry_after=retry,
-        )
+        said = f"every backend serving model {model!r} is at its limit of concurrent requests"
+        return UpstreamBusy(f"{said} ({names}); {how}", retry_after=retry, public=f"{said}; {how}")

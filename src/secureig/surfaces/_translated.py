@@ -167,7 +167,8 @@ async def whole_answer(upstream: NDJSONStream, ex: Exchange, started: float) -> 
         answer = line
     ex.upstream_seconds = time.perf_counter() - started
     if answer is None:
-        raise UpstreamStreamError("upstream sent an empty answer")
+        said = "upstream sent an empty answer"
+        raise UpstreamStreamError(said, public=said)
     ex.ledger.count_tokens(answer.get("prompt_eval_count"), answer.get("eval_count"))
     return answer
 

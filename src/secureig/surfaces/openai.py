@@ -230,7 +230,8 @@ class OpenAISurface(TranslatingSurface):
             state = await self._gate.catalog.recheck()
         ex.upstream_seconds = time.perf_counter() - started
         if not state.up:
-            raise UpstreamError(f"no models available: {state.error}")
+            said = "no models available"
+            raise UpstreamError(f"{said}: {state.error}", public=f"{said}: no backend is up")
         entries = sorted(state.models.values(), key=lambda e: e.modified_at, reverse=True)
         visible = [
             (e.name, e.modified_at) for e in entries if self._gate.visible(principal, e.name)

@@ -53,26 +53,17 @@ def check_bounds(body: object, bounds: RequestBounds) -> None:
                 )
 
 
-def _blocks(container: Any) -> int:
+def _blocks(container: Any, depth: int = 2) -> int:
     """The blocks a message (or a system prompt) holds, and those its blocks hold in turn."""
+    if depth == 0:
+        return 0
     if isinstance(container, list):
-        return len(container) + sum(_nested(block) for block in container)
+        return len(container) + sum(_blocks(block, depth - 1) for block in container)
     if not isinstance(container, dict):
         return 0
     count = 0
     for key in _BLOCK_LISTS:
         value = container.get(key)
         if isinstance(value, list):
-            count += len(value) + sum(_nested(block) for block in value)
-    return count
-
-
-def _nested(block: Any) -> int:
-    if not isinstance(block, dict):
-        return 0
-    count = 0
-    for key in _BLOCK_LISTS:
-        value = block.get(key)
-        if isinstance(value, list):
-            count += len(value)
+            count += _blocks(value, depth)
     return count

@@ -55,21 +55,27 @@ class Pending(Protocol):
 def broken(exc: HTTPError) -> UpstreamError:
     """An error after the answer began: the stream is cut short."""
     if isinstance(exc, Timeout):
-        return UpstreamTimeout("upstream stopped sending before it finished")
-    return UpstreamStreamError(f"upstream connection broke off: {exc}")
+        said = "upstream stopped sending before it finished"
+        return UpstreamTimeout(said, public=said)
+    said = "upstream connection broke off"
+    return UpstreamStreamError(f"{said}: {exc}", public=said)
 
 
 def unanswered(exc: HTTPError, what: str) -> UpstreamError:
     """An error before the answer began."""
+    late = f"upstream did not {what} in time"
     if isinstance(exc, ReadTimeout):
-        return UpstreamTimeout(f"upstream did not {what} in time")
+        return UpstreamTimeout(late, public=late)
     if isinstance(exc, Timeout):
-        return UpstreamTimeout(f"upstream did not {what} in time ({exc})")
+        return UpstreamTimeout(f"{late} ({exc})", public=late)
     if isinstance(exc, ConnectError):
-        return UpstreamUnavailable(f"upstream is unreachable ({exc})")
+        return UpstreamUnavailable(
+            f"upstream is unreachable ({exc})", public="upstream is unreachable"
+        )
     if isinstance(exc, ServerDisconnected):
-        return UpstreamUnavailable("upstream closed the connection")
-    return UpstreamUnavailable(f"upstream failed: {exc}")
+        said = "upstream closed the connection"
+        return UpstreamUnavailable(said, public=said)
+    return UpstreamUnavailable(f"upstream failed: {exc}", public="upstream failed")
 
 
 async def error_message(response: Response) -> str:

@@ -112,12 +112,17 @@ def _parse_line(line: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(line)
     except ValueError:
-        raise UpstreamStreamError("upstream sent a line that is not JSON") from None
+        said = "upstream sent a line that is not JSON"
+        raise UpstreamStreamError(said, public=said) from None
     if not isinstance(value, dict):
-        raise UpstreamStreamError("upstream sent a JSON line that is not an object")
+        said = "upstream sent a JSON line that is not an object"
+        raise UpstreamStreamError(said, public=said)
     error = value.get("error")
     if error:
-        raise UpstreamStreamError(str(error))
+        # The model's own failure, said mid-answer ("an error was encountered while running the
+        # model"): about the generation, so the client's to read.
+        said = str(error)
+        raise UpstreamStreamError(said, public=said)
     return value
 
 

@@ -127,7 +127,8 @@ class EngineAnswer:
                     self._ended = True
                     lines = self._events(self._splitter.tail() + b"\n")
                     if not self._stream.done:
-                        raise UpstreamStreamError("the engine ended the stream before it finished")
+                        said = "the engine ended the stream before it finished"
+                        raise UpstreamStreamError(said, public=said)
                     return lines or None
                 lines = self._events(self._splitter.feed(chunk))
                 if lines:
@@ -135,7 +136,7 @@ class EngineAnswer:
         except LineTooLong as exc:
             raise UpstreamTooLarge(f"upstream sent {exc}, more than the gateway accepts") from None
         except EngineError as exc:
-            raise UpstreamStreamError(exc.message) from None
+            raise UpstreamStreamError(exc.message, public=exc.message) from None
 
     def _events(self, block: bytes) -> bytes:
         out: list[dict[str, Any]] = []
@@ -151,16 +152,16 @@ class EngineAnswer:
             try:
                 event = orjson.loads(data)
             except ValueError:
-                raise UpstreamStreamError("the engine sent an event that is not JSON") from None
+                said = "the engine sent an event that is not JSON"
+                raise UpstreamStreamError(said, public=said) from None
             try:
                 out += stream.feed(event)
             except EngineError:
                 raise
             except Exception as exc:
                 _unforeseen("an event")
-                raise UpstreamStreamError(
-                    f"the engine sent an event the gateway cannot read ({type(exc).__name__})"
-                ) from None
+                said = f"the engine sent an event the gateway cannot read ({type(exc).__name__})"
+                raise UpstreamStreamError(said, public=said) from None
         return b"".join(orjson.dumps(item) + b"\n" for item in out)
 
     async def read(self) -> bytes:
@@ -175,20 +176,21 @@ class EngineAnswer:
             self._splitter = LineSplitter(limit)
             lines = self._events(self._splitter.feed(body) + self._splitter.tail() + b"\n")
             if not self._stream.done:
-                raise UpstreamStreamError("the engine ended the stream before it finished")
+                said = "the engine ended the stream before it finished"
+                raise UpstreamStreamError(said, public=said)
             return lines
         try:
             answer = orjson.loads(body)
             native = native_answer(self._plan, answer, time.perf_counter() - self._started)
         except ValueError:
-            raise UpstreamStreamError("the engine sent an answer that is not JSON") from None
+            said = "the engine sent an answer that is not JSON"
+            raise UpstreamStreamError(said, public=said) from None
         except EngineError as exc:
-            raise UpstreamStreamError(exc.message) from None
+            raise UpstreamStreamError(exc.message, public=exc.message) from None
         except Exception as exc:
             _unforeseen("an answer")
-            raise UpstreamStreamError(
-                f"the engine sent an answer the gateway cannot read ({type(exc).__name__})"
-            ) from None
+            said = f"the engine sent an answer the gateway cannot read ({type(exc).__name__})"
+            raise UpstreamStreamError(said, public=said) from None
         return orjson.dumps(native)
 
     async def error_message(self) -> str:
