@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from secureig.credentials import Scope
 from secureig.names import ModelName, pattern_allows
@@ -41,13 +42,12 @@ class Principal:
 BOOTSTRAP = Principal(name="bootstrap", scopes=frozenset({Scope.ADMIN}), patterns=("*",))
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """Where a request comes from, resolved once per request: the address every decision by
     address uses (allowlists, `allow_from`, the failed-auth throttle, usage, logs), and whether
     it is this machine itself, directly, not through any proxy (the bootstrap key, an open
     `/metrics`), and whether it reached the gateway over TLS (a `Secure` cookie), its own or a
-    trusted proxy's."""
+    trusted proxy's. (A named tuple: one is made for every request.)"""
 
     address: str
     local: bool = False

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from secureig.errors import GatewayError, Headers, RequestError, UpstreamError, UpstreamStreamError
@@ -113,38 +112,40 @@ class TranslatingSurface:
         key that may not use the model, or that is over its limits: a translation is linear in
         its input, but the input is the client's."""
         body = json_body(await read_body(scope, receive, self._limit))
-        with translation_errors():
+        try:
             model = requested_model(body)
             check_bounds(body, self._bounds)
+        except Exception as exc:
+            raise translation_error(exc) from None
         admission = await self._gate.admit_model(principal, operation, ex.ledger, model)
         ex.model = admission.model
-        with translation_errors():
+        try:
             plan = translate(body)
+        except Exception as exc:
+            raise translation_error(exc) from None
         self._gate.admit_body(admission, ex.ledger, plan.native)
         forwarder = self._forwarder
         pinned = forwarder.pinned(scope, principal)
         return plan, forwarder.inference(admission, native_path, plan.native, plan.model, pinned)
 
 
-@contextmanager
-def translation_errors() -> Iterator[None]:
-    """A translation's refusal as the surface's 400; and any other fault in one too, logged
-    (throttled): a body the translation did not foresee is still the client's, never a 500."""
-    try:
-        yield
-    except TranslationError as exc:
-        raise RequestError(exc.message, exc.param) from None
-    except GatewayError:
-        raise
-    except Exception as exc:
-        now = time.monotonic()
-        global _fault_logged
-        if now - _fault_logged >= 60.0:
-            _fault_logged = now
-            log.exception("a request body the translation did not foresee (400 to the client)")
-        raise RequestError(
-            f"the request body could not be translated ({type(exc).__name__})"
-        ) from None
+def translation_error(exc: Exception) -> GatewayError:
+    """What a translation's failure is to the client: its refusal as the surface's 400, and
+    any other fault a 400 too, logged (throttled): a body the translation did not foresee is
+    still the client's, never a 500."""
+    if isinstance(exc, TranslationError):
+        return RequestError(exc.message, exc.param)
+    if isinstance(exc, GatewayError):
+        return exc
+    now = time.monotonic()
+    global _fault_logged
+    if now - _fault_logged >= 60.0:
+        _fault_logged = now
+        log.error(
+            "a request body the translation did not foresee (400 to the client)",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+    return RequestError(f"the request body could not be translated ({type(exc).__name__})")
 
 
 _fault_logged = -60.0

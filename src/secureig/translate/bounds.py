@@ -28,23 +28,32 @@ def check_bounds(body: object, bounds: RequestBounds) -> None:
     if not isinstance(body, dict):
         return
     tools = body.get("tools")
-    if isinstance(tools, list) and len(tools) > bounds.tools:
+    if type(tools) is list and len(tools) > bounds.tools:
         raise TranslationError(
             f"too many tools: {len(tools)}, at most {bounds.tools} (SECUREIG_MAX_TOOLS)", "tools"
         )
-    for field in ("messages", "input"):
+    field = "messages"
+    messages = body.get(field)
+    if type(messages) is not list:
+        field = "input"
         messages = body.get(field)
-        if not isinstance(messages, list):
-            continue
-        if len(messages) > bounds.messages:
-            raise TranslationError(
-                f"too many {field}: {len(messages)}, at most {bounds.messages}"
-                " (SECUREIG_MAX_MESSAGES)",
-                field,
-            )
-        blocks = _blocks(body.get("system"))
-        for message in messages:
-            blocks += _blocks(message)
+        if type(messages) is not list:
+            return
+    if len(messages) > bounds.messages:
+        raise TranslationError(
+            f"too many {field}: {len(messages)}, at most {bounds.messages} (SECUREIG_MAX_MESSAGES)",
+            field,
+        )
+    system = body.get("system")
+    blocks = _blocks(system, 2) if type(system) is list else 0
+    for message in messages:
+        if type(message) is dict:
+            content = message.get("content")
+            # Most messages hold a string; only lists of blocks count, and what they hold.
+            if type(content) is list:
+                blocks += _blocks(content, 2)
+            if field == "input":
+                blocks += _blocks(message.get("summary"), 2) + _blocks(message.get("output"), 2)
             if blocks > bounds.content_blocks:
                 raise TranslationError(
                     f"too many content blocks in {field}: more than {bounds.content_blocks}"
@@ -53,17 +62,17 @@ def check_bounds(body: object, bounds: RequestBounds) -> None:
                 )
 
 
-def _blocks(container: Any, depth: int = 2) -> int:
-    """The blocks a message (or a system prompt) holds, and those its blocks hold in turn."""
-    if depth == 0:
+def _blocks(container: Any, depth: int) -> int:
+    """The blocks a list holds, and (to `depth`) the blocks they hold in turn under the keys
+    blocks keep them in (a tool_result's content, a function_call_output's output)."""
+    if depth == 0 or type(container) is not list:
         return 0
-    if isinstance(container, list):
-        return len(container) + sum(_blocks(block, depth - 1) for block in container)
-    if not isinstance(container, dict):
-        return 0
-    count = 0
-    for key in _BLOCK_LISTS:
-        value = container.get(key)
-        if isinstance(value, list):
-            count += _blocks(value, depth)
+    count = len(container)
+    if depth > 1:
+        for block in container:
+            if type(block) is dict:
+                for key in _BLOCK_LISTS:
+                    nested = block.get(key)
+                    if type(nested) is list:
+                        count += len(nested)
     return count
