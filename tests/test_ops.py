@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from tests.conftest import ROOT, Deployment, free_port, wait_until
+from tests.conftest import ROOT, Cli, Deployment, free_port, wait_until
 from tests.standin import OllamaStandIn
 
 
@@ -101,6 +101,9 @@ def test_check_verdicts(deployment: Deployment, standin: OllamaStandIn) -> None:
     ok = deployment.cli("check")
     assert "store     ok" in ok.stdout and "backend   ok    ollama (ollama, " in ok.stdout
     assert "keys      warn  the bootstrap key 'admin' is active" in ok.stdout
+    proxied = Cli(dict(deployment.env, SECUREIG_TRUSTED_PROXIES="127.0.0.1"), deployment.tmp)
+    behind = proxied("check", check=False)
+    assert "the bootstrap key 'admin' is off behind trusted proxies" in behind.stdout
     standin.stop()
     down = deployment.cli("check", check=False)
     assert down.returncode == 1

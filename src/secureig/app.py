@@ -281,7 +281,7 @@ class Gateway:
         if self.keyring.bootstrap_active:
             which = "SECUREIG_ADMIN_KEY" if self.settings.admin_key else f"{BOOTSTRAP_KEY!r}"
             where = (
-                ", from this machine only"
+                " for this machine's own clients"
                 if self.keyring.bootstrap_local_only
                 else ""
             )  # fmt: skip

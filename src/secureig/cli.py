@@ -1028,8 +1028,9 @@ def check(
         live, records, admin_created = 0, [], False
         typer.echo(f"store     FAIL  {describe(settings.database_url)}: {exc}")
 
-    from secureig.app import refusal_reason
+    from secureig.app import bootstrap_policy, refusal_reason
 
+    bootstrap = bootstrap_policy(settings)
     has_admin = any(Scope.ADMIN in r.scopes and r.status == "active" for r in records)
     reason = refusal_reason(settings, live)
     if reason:
@@ -1044,9 +1045,15 @@ def check(
         )
     elif settings.admin_key:
         typer.echo("keys      warn  SECUREIG_ADMIN_KEY serves as admin until an admin key exists")
-    else:
+    elif not bootstrap.enabled:
         typer.echo(
-            "keys      warn  the bootstrap key 'admin' is active until an admin key exists"
+            "keys      warn  no admin key, and the bootstrap key 'admin' is off behind trusted"
+            " proxies: secureig keys create NAME --scope admin"
+        )
+    else:
+        whom = " for this machine's own clients" if bootstrap.local_only else ""
+        typer.echo(
+            f"keys      warn  the bootstrap key 'admin' is active{whom} until an admin key exists"
             " (secureig keys create NAME --scope admin)"
         )
 

@@ -183,7 +183,8 @@ class Gatekeeper:
             )
             raise self.failed_authentication(client.address, message)
         if principal is BOOTSTRAP and not client.local and self.keyring.bootstrap_local_only:
-            self._outside(principal.name, client.address, "not this machine, or through a proxy")
+            where = "through a proxy or from another machine (it serves this one directly only)"
+            self._outside(principal.name, client.address, where)
             raise self.failed_authentication(client.address, message)
 
     def _outside(self, name: str, address: str, where: str) -> None:
