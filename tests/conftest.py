@@ -164,6 +164,16 @@ class Gateway:
         return httpx.post(self.url + "/request", json=body, headers=headers, timeout=timeout)
 
 
+def connect_from(gateway: Gateway, source: str, timeout: float = 5.0) -> socket.socket:
+    """A raw connection to the gateway from `source`: loopback is a /8, so a second address
+    stands for a second client machine."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", gateway.port))
+    return sock
+
+
 def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.1) -> bool:
     """Poll `predicate()` until true or the timeout; the timeout bounds every wait in the suite."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ import pytest
 
 from secureig.networks import Networks
 from secureig.protocol import OpenConnections, ServeLimits, client_bucket
-from tests.conftest import Deployment, Gateway, wait_until
+from tests.conftest import Deployment, Gateway, connect_from, wait_until
 from tests.pki import PKI, make_pki
 
 OBSERVER = "127.0.0.99"
@@ -49,11 +49,7 @@ def _open(gateway: Gateway, context: ssl.SSLContext | bool = True) -> int:
 
 
 def _connect(gateway: Gateway, source: str = "127.0.0.2") -> socket.socket:
-    sock = socket.socket()
-    sock.bind((source, 0))
-    sock.settimeout(20)
-    sock.connect(("127.0.0.1", gateway.port))
-    return sock
+    return connect_from(gateway, source, timeout=20)
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Deployment, Gateway, wait_until
+from tests.conftest import Deployment, Gateway, connect_from, wait_until
 from tests.hostile import MODEL, Behaviour, HostileBackend
 from tests.servers import OwnPostgres
 from tests.standin import OllamaStandIn
@@ -134,15 +134,6 @@ def test_limits_are_settings(tmp_path: Path, hostile: HostileBackend) -> None:
 # -- slow clients and connection floods ------------------------------------------------------
 
 
-def _connect(gateway: Gateway, source: str) -> socket.socket:
-    # Loopback is a /8: a second address stands for a second client machine.
-    sock = socket.socket()
-    sock.bind((source, 0))
-    sock.settimeout(5)
-    sock.connect(("127.0.0.1", gateway.port))
-    return sock
-
-
 def _refused_with(sock: socket.socket) -> bytes:
     """What the gateway said before closing, or b"" if it still holds the connection open."""
     sock.settimeout(0.5)
@@ -165,8 +156,8 @@ def test_one_address_cannot_hold_every_connection(deployment: Deployment) -> Non
         max_connections="60", max_connections_per_client="20", header_timeout="60"
     )
     before = _open_files(gateway)
-    held = [_connect(gateway, "127.0.0.2") for _ in range(20)]
-    flood = [_connect(gateway, "127.0.0.2") for _ in range(200)]
+    held = [connect_from(gateway, "127.0.0.2") for _ in range(20)]
+    flood = [connect_from(gateway, "127.0.0.2") for _ in range(200)]
     try:
         assert all(_refused_with(sock) == b"" for sock in held[:3])
         answers = [_refused_with(sock) for sock in flood]
@@ -190,15 +181,15 @@ def test_the_total_cap_refuses_and_readyz_says_so(deployment: Deployment) -> Non
         max_connections="30", max_connections_per_client="10", reserved_connections="0",
         header_timeout="60",
     )  # fmt: skip
-    held = [_connect(gateway, f"127.0.0.{3 + i // 10}") for i in range(29)]
+    held = [connect_from(gateway, f"127.0.0.{3 + i // 10}") for i in range(29)]
     try:
         # The 30th connection is the last there is room for: readiness says the gateway is full.
         ready = httpx.get(gateway.url + "/readyz", timeout=5)
         assert ready.status_code == 503
         assert ready.json()["connections"] == "exhausted"
         time.sleep(0.2)  # that connection closes; another takes its place
-        held.append(_connect(gateway, "127.0.0.6"))
-        extra = _connect(gateway, "127.0.0.9")
+        held.append(connect_from(gateway, "127.0.0.6"))
+        extra = connect_from(gateway, "127.0.0.9")
         answer = _refused_with(extra)
         extra.close()
         assert answer.startswith(b"HTTP/1.1 503")
@@ -219,9 +210,9 @@ def test_descriptor_limit_lowers_the_cap_at_start(deployment: Deployment) -> Non
         "SECUREIG_MAX_CONNECTIONS lowered from 4096 to 644: the process may open 1000 files"
         in gateway.log()
     )
-    held = [_connect(gateway, f"127.0.1.{i // 300}") for i in range(644)]
+    held = [connect_from(gateway, f"127.0.1.{i // 300}") for i in range(644)]
     try:
-        extra = _connect(gateway, "127.0.2.1")
+        extra = connect_from(gateway, "127.0.2.1")
         assert b"the gateway holds its most connections (644)" in _refused_with(extra)
         extra.close()
     finally:
@@ -233,7 +224,7 @@ def _slow_post(
     gateway: Gateway, path: str, body: bytes, piece: int, pace: float, key: str = "admin"
 ) -> bytes:
     """POST `body` a `piece` of bytes every `pace` seconds; what the gateway answered."""
-    sock = _connect(gateway, "127.0.0.5")
+    sock = connect_from(gateway, "127.0.0.5")
     sock.sendall(
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-KEY: {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()

@@ -154,10 +154,6 @@ class OpenConnections:
         else:
             del self._handshakes[bucket]
 
-    @property
-    def handshaking(self) -> int:
-        return len(self._handshaking)
-
     def abort_handshakes(self) -> None:
         """At shutdown: the server closes the connections it serves, but knows nothing of those
         still in their TLS handshake."""

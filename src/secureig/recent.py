@@ -29,6 +29,3 @@ class Recent:
 
     def __contains__(self, item: object) -> bool:
         return item in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)

@@ -33,7 +33,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 ENDED_EARLY = "the upstream ended the stream before it finished"
-UNBOUNDED = RequestBounds(messages=2**62, content_blocks=2**62, tools=2**62)
 log = logging.getLogger("secureig")
 
 
@@ -76,7 +75,7 @@ class TranslatingSurface:
         gatekeeper: Gatekeeper,
         forwarder: Forwarder,
         max_body_bytes: int,
-        bounds: RequestBounds = UNBOUNDED,
+        bounds: RequestBounds,
     ) -> None:
         self._gate = gatekeeper
         self._forwarder = forwarder

@@ -108,7 +108,7 @@ class OllamaSurface:
         forwarder: Forwarder,
         max_body_bytes: int,
         max_blob_bytes: int,
-        bounds: RequestBounds | None = None,
+        bounds: RequestBounds,
     ) -> None:
         self._gate = gatekeeper
         self._forwarder = forwarder
@@ -146,7 +146,7 @@ class OllamaSurface:
         data: dict[str, Any] | None = None
         if method in ("POST", "DELETE"):
             data = parse_object(await read_body(scope, receive, self._limit))
-            if self._bounds is not None and operation is Operation.CHAT:
+            if operation is Operation.CHAT:
                 # An engine backend translates the messages: as bounded as on every API.
                 try:
                     check_bounds(data, self._bounds)
