@@ -449,11 +449,15 @@ def test_a_page_on_another_site_cannot_change_anything(
     admin = {"X-API-KEY": KEYS["boss"]}
     names = [k["name"] for k in httpx.get(url + "/admin/keys", headers=admin).json()]
     assert "forged" not in names
-    refused = [
-        line for line in site.gateways[0].log().splitlines()
-        if "POST /admin/keys" in line and "status=401" in line
-    ]  # fmt: skip
-    assert refused, "the forged request never reached the gateway"
+
+    def refused() -> bool:
+        # The access log writes its lines in batches, up to 50 ms after the answer.
+        return any(
+            "POST /admin/keys" in line and "status=401" in line
+            for line in site.gateways[0].log().splitlines()
+        )
+
+    assert wait_until(refused), "the forged request never reached the gateway"
 
 
 def test_screenshots_were_written() -> None:
